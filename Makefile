@@ -1,0 +1,34 @@
+# Two commands do everything: `make demo` and `make test` (each sets up .venv first when needed).
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+# glibc returns freed blocks to the kernel and re-faults them every minibatch; keeping them roughly
+# doubles CPU training speed (see ../shared/ENVIRONMENT.md and README "Performance").
+export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736
+DEMO_DIR ?= demo_output
+
+.PHONY: setup demo test clean help
+
+help:
+	@echo "make demo   - set up .venv if needed, then run the demo on a synthetic CORe50 (in $(DEMO_DIR)/)"
+	@echo "make test   - set up .venv if needed, then run the test suite"
+	@echo "make setup  - create .venv and install the package with its test dependencies"
+	@echo "make clean  - remove .venv and demo output"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --no-compile -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/latent-replay demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)

@@ -1,0 +1,203 @@
+"""The ``latent-replay`` command line (click).
+
+Errors in the user's input (a missing dataset piece, a malformed filelist, a bad argument) are printed
+as one line ``Error: ...`` naming the file, line or argument, with exit code 1 (2 for usage errors).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from .data.core50 import DatasetError, load_frames, open_root
+from .data.filelists import SCENARIOS, FilelistError
+from .utils import parse_int_list, setup_logging
+
+log = logging.getLogger("latent_replay")
+
+#: Exceptions that describe bad input; shown as one line without a traceback.
+USER_ERRORS = (DatasetError, FilelistError, FileExistsError, FileNotFoundError, ValueError)
+
+
+class Group(click.Group):
+    """A click group that turns the suite's input errors into one-line messages."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _runs(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_int_list(value, name=f"--{param.name}")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+scenario_option = click.option("--scenario", "scenarios", type=click.Choice([str(s) for s in SCENARIOS]),
+                               multiple=True, help="NICv2 scenario (repeatable; default: all three).")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(package_name="latent-replay")
+def main(log_level):
+    """latent-replay: continual learning on CORe50 NICv2 with latent replay."""
+    setup_logging(log_level)
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sessions", default=11, show_default=True, help="Sessions s1..sN (11 = all).")
+@click.option("--categories", default=10, show_default=True, help="Categories (10 = all).")
+@click.option("--objects-per-category", default=2, show_default=True, help="Objects per category (5 = all).")
+@click.option("--frames", default=16, show_default=True, help="Frames per (session, object) video.")
+@click.option("--size", default=128, show_default=True, help="Image side in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--full", is_flag=True, help="Full CORe50 size: 11 sessions x 50 objects x 300 frames.")
+@click.option("--workers", type=int, default=None, help="Parallel writers (default: up to 4).")
+def synth(out_dir, sessions, categories, objects_per_category, frames, size, seed, full, workers):
+    """Write a synthetic CORe50 (exact on-disk layout, learnable content) to OUT_DIR."""
+    from .data.synthetic import write_synthetic_core50
+
+    if full:
+        sessions, categories, objects_per_category, frames = 11, 10, 5, 300
+    info = write_synthetic_core50(out_dir, sessions=sessions, categories=categories,
+                                  objects_per_category=objects_per_category, frames=frames, size=size,
+                                  seed=seed, workers=workers)
+    click.echo(f"synthetic CORe50: {info.n_images} images, sessions {len(info.sessions)}, "
+               f"objects {len(info.objects)}, {info.frames} frames/video, {info.size}x{info.size} in {out_dir}")
+
+
+@main.group()
+def filelists():
+    """Make, check and summarise NICv2 filelists."""
+
+
+@filelists.command("make")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("batch_filelists"),
+              show_default=True, help="Folder to write NICv2_<S>/run<R>/ and the test lists into.")
+@scenario_option
+@click.option("--runs", default="0-9", show_default=True, callback=_runs, help="Runs, e.g. 0-4 or 0,2.")
+@click.option("--seed", default=0, show_default=True, help="Seed combined with the run number.")
+@click.option("--force", is_flag=True, help="Replace existing scenario folders and test lists.")
+def filelists_make(root, out, scenarios, runs, seed, force):
+    """Build NICv2-79/196/391 filelists from the frames present under dataset ROOT."""
+    from .data.nicv2 import inventory_from_root, write_nicv2
+
+    ds = open_root(root)
+    inventory = inventory_from_root(ds.images_dir)
+    scenarios = [int(s) for s in scenarios] or list(SCENARIOS)
+    write_nicv2(out, inventory, scenarios, runs, seed=seed, overwrite=force)
+    click.echo(f"wrote NICv2-{'/'.join(map(str, scenarios))} runs {runs[0]}..{runs[-1]} "
+               f"from {sum(len(v) for v in inventory.values())} frames to {out}")
+
+
+@filelists.command("check")
+@click.argument("filelists_dir", type=click.Path(path_type=Path))
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="Dataset root: also check that every frame exists.")
+@scenario_option
+@click.option("--runs", default="0-4", show_default=True, callback=_runs)
+@click.option("--full-test", is_flag=True, help="Check the full test list instead of the reduced one.")
+def filelists_check(filelists_dir, root, scenarios, runs, full_test):
+    """Validate every filelist of the given scenarios and runs (format, labels, frames)."""
+    from .data.nicv2 import load_scenario
+
+    images_dir = open_root(root).images_dir if root is not None else None
+    for s in [int(s) for s in scenarios] or list(SCENARIOS):
+        for r in runs:
+            sc = load_scenario(filelists_dir, s, r, reduced_test=not full_test, images_dir=images_dir)
+            click.echo(f"ok {sc.name} run {r}: {len(sc)} batches, {sc.train_frames} train frames, "
+                       f"{len(sc.test)} test frames ({sc.source})")
+
+
+def format_summary(sc, max_rows: int = 12) -> str:
+    """A short text table of a scenario: frames and classes per batch."""
+    rows = sc.summary()
+    lines = [f"{sc.name} run {sc.run}: {len(rows)} batches, {sc.train_frames} train frames, "
+             f"{len(sc.test)} test frames, {len(set().union(*(r.classes for r in rows)))} classes",
+             "  batch  frames  classes            new classes"]
+    shown = rows if len(rows) <= max_rows else rows[: max_rows - 2] + rows[-2:]
+    for i, r in enumerate(shown):
+        if len(rows) > max_rows and i == max_rows - 2:
+            lines.append(f"  ... {len(rows) - max_rows} more batches ...")
+        cls = ",".join(map(str, r.classes))
+        new = ",".join(map(str, r.new_classes)) or "-"
+        lines.append(f"  {r.index:5d}  {r.frames:6d}  {cls[:17]:17s}  {new}")
+    last_new = max((r.index for r in rows if r.new_classes), default=0)
+    lines.append(f"  last batch introducing a new class: {last_new}")
+    return "\n".join(lines)
+
+
+@filelists.command("summary")
+@click.argument("filelists_dir", type=click.Path(path_type=Path))
+@click.option("--scenario", type=click.Choice([str(s) for s in SCENARIOS]), default="391", show_default=True)
+@click.option("--run", default=0, show_default=True)
+@click.option("--full-test", is_flag=True)
+def filelists_summary(filelists_dir, scenario, run, full_test):
+    """Print batches, frames and classes introduced per batch for one scenario run."""
+    from .data.nicv2 import load_scenario
+
+    click.echo(format_summary(load_scenario(filelists_dir, int(scenario), run, reduced_test=not full_test)))
+
+
+@main.command()
+@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("filelists_dir", type=click.Path(path_type=Path))
+@scenario_option
+@click.option("--runs", default="0-4", show_default=True, callback=_runs)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Default: $LATENT_REPLAY_CACHE or ~/.cache/latent-replay.")
+@click.option("--workers", type=int, default=None)
+def cache(root, filelists_dir, scenarios, runs, cache_dir, workers):
+    """Decode every frame of the given scenarios once into the frame cache."""
+    from .data.nicv2 import load_scenario
+
+    ds = open_root(root)
+    paths: set[str] = set()
+    for s in [int(s) for s in scenarios] or list(SCENARIOS):
+        for r in runs:
+            sc = load_scenario(filelists_dir, s, r, images_dir=ds.images_dir)
+            for fl in (*sc.batches, sc.test):
+                paths.update(fl.paths)
+    store = load_frames(ds.images_dir, paths, cache_dir=cache_dir, workers=workers)
+    state = "already cached" if store.from_cache else "decoded"
+    click.echo(f"{len(store.paths)} frames {state} ({store.nbytes / 1e6:.1f} MB) in {store.cache_file}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_output"),
+              show_default=True, help="Folder for the synthetic dataset, filelists and cache.")
+@click.option("--seed", default=0, show_default=True)
+def demo(out, seed):
+    """The embedded default: synthetic CORe50 → NICv2 filelists → scenario summary."""
+    from .data.nicv2 import inventory_from_root, load_scenario, write_nicv2
+    from .data.synthetic import write_synthetic_core50
+
+    root = out / "core50"
+    info = write_synthetic_core50(root, seed=seed, sessions=11, categories=10, objects_per_category=2,
+                                  frames=16, size=128)
+    log.info("synthetic CORe50 ready: %d images in %s", info.n_images, root)
+    ds = open_root(root)
+    lists = out / "batch_filelists"
+    write_nicv2(lists, inventory_from_root(ds.images_dir), SCENARIOS, range(5), seed=seed, overwrite=True)
+    paths: set[str] = set()
+    for s in SCENARIOS:
+        sc = load_scenario(lists, s, 0, images_dir=ds.images_dir)
+        paths.update(p for fl in (*sc.batches, sc.test) for p in fl.paths)
+        click.echo(format_summary(sc))
+    store = load_frames(ds.images_dir, paths, cache_dir=out / "cache")
+    click.echo(f"frame cache: {len(store.paths)} frames, {store.nbytes / 1e6:.1f} MB "
+               f"({'hit' if store.from_cache else 'decoded now'}) in {store.cache_file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""CORe50 data layer: dataset root, filelists, scenarios, image loading, synthetic data."""

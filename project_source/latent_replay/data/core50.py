@@ -1,0 +1,250 @@
+"""CORe50 dataset root, image decoding, the decoded-frame cache and preprocessing.
+
+A dataset root holds ``core50_labels.txt`` (50 object names) and
+``core50_128x128/s<1..11>/o<1..50>/C_<ss>_<oo>_<fff>.png``. :func:`open_root` checks that up front.
+
+Frames are decoded once into a uint8 array (N, H, W, 3, RGB) stored on disk under a cache folder and
+memory-mapped afterwards; the key is the dataset root and the set of frames, so every run of every
+scenario that uses the same frames shares one decode. Preprocessing happens per minibatch on the
+device (:func:`preprocess`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
+from .filelists import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+#: Per-channel means of the Caffe pipeline, in BGR order (B 104, G 117, R 123), 0..255 scale.
+CAFFE_BGR_MEANS = (104.0, 117.0, 123.0)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPROCESSING_MODES = ("caffe", "imagenet")
+CACHE_FORMAT = 1
+
+
+class DatasetError(ValueError):
+    """The dataset root or one of its files is missing or unreadable; the message names it."""
+
+
+@dataclass(frozen=True)
+class Core50Root:
+    """A validated CORe50 dataset root."""
+
+    root: Path
+
+    @property
+    def labels_file(self) -> Path:
+        return self.root / LABELS_FILE
+
+    @property
+    def images_dir(self) -> Path:
+        return self.root / IMAGES_DIR
+
+    def class_names(self) -> list[str]:
+        return [ln.strip() for ln in self.labels_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def open_root(path: str | os.PathLike) -> Core50Root:
+    """Validate a dataset root and return it; a missing piece raises a one-line DatasetError naming it."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: dataset root does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root is not a folder")
+    ds = Core50Root(root.resolve())
+    if not ds.labels_file.is_file():
+        raise DatasetError(f"{ds.labels_file}: labels file missing (expected {NUM_CLASSES} object names)")
+    try:
+        names = ds.class_names()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{ds.labels_file}: cannot read labels file ({exc})") from None
+    if len(names) != NUM_CLASSES:
+        raise DatasetError(f"{ds.labels_file}: {len(names)} object names, expected {NUM_CLASSES}")
+    if not ds.images_dir.is_dir():
+        raise DatasetError(f"{ds.images_dir}: image folder missing (expected {IMAGES_DIR}/s<S>/o<O>/*.png)")
+    if not any(e.is_dir() and e.name.startswith("s") for e in os.scandir(ds.images_dir)):
+        raise DatasetError(f"{ds.images_dir}: no session folders s1..s11")
+    return ds
+
+
+def _decode(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: image not found") from None
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot decode image ({exc})") from None
+
+
+def decode_into(out: np.ndarray, images_dir: Path, paths: Sequence[str], *, workers: int | None = None,
+                progress: bool = True, desc: str = "decoding frames") -> None:
+    """Decode ``paths`` (relative to ``images_dir``) into the preallocated uint8 array ``out`` (N,H,W,3).
+
+    Pillow releases the GIL while inflating PNG data, so threads decode in parallel.
+    """
+    workers = workers or min(8, os.cpu_count() or 1)
+    expected = out.shape[1:]
+
+    def work(i: int) -> None:
+        img = _decode(images_dir / paths[i])
+        if img.shape != expected:
+            raise DatasetError(f"{images_dir / paths[i]}: image is {img.shape[1]}x{img.shape[0]}, "
+                               f"expected {expected[1]}x{expected[0]}")
+        out[i] = img
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
+        chunk = 256
+        for start in range(0, len(paths), chunk):
+            for _ in pool.map(work, range(start, min(start + chunk, len(paths)))):
+                pass
+            bar.update(min(chunk, len(paths) - start))
+
+
+def load_images(images_dir: str | os.PathLike, paths: Sequence[str], *, workers: int | None = None,
+                progress: bool = False) -> np.ndarray:
+    """Decode frames into a new uint8 array (N, H, W, 3), RGB, without caching."""
+    images_dir = Path(images_dir)
+    if not paths:
+        raise ValueError("no frames to load")
+    first = _decode(images_dir / paths[0])
+    out = np.empty((len(paths), *first.shape), dtype=np.uint8)
+    decode_into(out, images_dir, paths, workers=workers, progress=progress)
+    return out
+
+
+def default_cache_dir() -> Path:
+    """``$LATENT_REPLAY_CACHE``, else ``$XDG_CACHE_HOME/latent-replay``, else ``~/.cache/latent-replay``."""
+    env = os.environ.get("LATENT_REPLAY_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "latent-replay"
+
+
+@dataclass
+class FrameStore:
+    """Decoded frames of a set of paths: a (N, H, W, 3) uint8 array and a path → row index."""
+
+    images: np.ndarray
+    paths: tuple[str, ...]
+    cache_file: Path | None = None
+    from_cache: bool = False
+
+    def __post_init__(self):
+        self._row = {p: i for i, p in enumerate(self.paths)}
+
+    def rows(self, paths: Iterable[str]) -> np.ndarray:
+        """Row indices of ``paths`` in :attr:`images`."""
+        try:
+            return np.fromiter((self._row[p] for p in paths), dtype=np.int64)
+        except KeyError as exc:
+            raise KeyError(f"frame {exc.args[0]} is not in this frame store") from None
+
+    def get(self, paths: Iterable[str]) -> np.ndarray:
+        """The frames of ``paths`` as a new uint8 array, in the given order."""
+        return np.ascontiguousarray(self.images[self.rows(paths)])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.images.nbytes)
+
+
+def cache_key(images_dir: Path, paths: Iterable[str]) -> str:
+    """Key of a frame set: the resolved image folder and the sorted distinct paths."""
+    h = hashlib.sha256()
+    h.update(str(Path(images_dir).resolve()).encode())
+    for p in sorted(set(paths)):
+        h.update(b"\n" + p.encode())
+    return h.hexdigest()[:24]
+
+
+def load_frames(images_dir: str | os.PathLike, paths: Iterable[str], *, cache_dir: str | os.PathLike | None = None,
+                use_cache: bool = True, workers: int | None = None, progress: bool = True) -> FrameStore:
+    """Decoded frames of ``paths`` (deduplicated, sorted), from the cache when present.
+
+    On a miss the frames are decoded into ``<cache_dir>/frames-<key>.npy`` (written under a temporary
+    name, renamed when complete, then described by a JSON file), and memory-mapped. An interrupted
+    decode leaves no file that looks complete.
+    """
+    images_dir = Path(images_dir)
+    unique = tuple(sorted(set(paths)))
+    if not unique:
+        raise ValueError("no frames to load")
+    if not use_cache:
+        return FrameStore(load_images(images_dir, unique, workers=workers, progress=progress), unique)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = cache_key(images_dir, unique)
+    npy, meta_file = cache_dir / f"frames-{key}.npy", cache_dir / f"frames-{key}.json"
+    if npy.is_file() and meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text())
+            images = np.load(npy, mmap_mode="r")
+            if meta.get("format") == CACHE_FORMAT and images.shape[0] == len(unique) == meta.get("frames"):
+                log.info("frame cache hit: %d frames from %s", len(unique), npy)
+                return FrameStore(images, unique, npy, from_cache=True)
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable frame cache %s (%s)", npy, exc)
+        log.warning("frame cache %s does not match its description; decoding again", npy)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    first = _decode(images_dir / unique[0])
+    fd, tmp = tempfile.mkstemp(prefix=f".frames-{key}.", suffix=".npy.tmp", dir=cache_dir)
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(unique), *first.shape))
+        decode_into(out, images_dir, unique, workers=workers, progress=progress)
+        out.flush()
+        del out
+        os.replace(tmp, npy)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    atomic_write_text(meta_file, json.dumps({
+        "format": CACHE_FORMAT, "images_dir": str(images_dir.resolve()), "frames": len(unique),
+        "shape": [len(unique), *first.shape], "dtype": "uint8", "layout": "NHWC RGB",
+    }, indent=1) + "\n")
+    log.info("frame cache written: %d frames (%.1f MB) to %s", len(unique), npy.stat().st_size / 1e6, npy)
+    return FrameStore(np.load(npy, mmap_mode="r"), unique, npy, from_cache=False)
+
+
+def preprocess(images: torch.Tensor | np.ndarray, mode: str = "caffe", *, device: torch.device | str | None = None,
+               channels_last: bool = False) -> torch.Tensor:
+    """uint8 frames (N, H, W, 3, RGB) → float32 network input (N, 3, H, W).
+
+    * ``caffe``: channels reversed to BGR, minus the means B 104, G 117, R 123, no scaling (spec §4.2);
+    * ``imagenet``: RGB scaled to [0, 1], minus mean (0.485, 0.456, 0.406), divided by std
+      (0.229, 0.224, 0.225) — what pytorchcv's ImageNet weights expect.
+    """
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames of shape (N, H, W, 3), got {tuple(x.shape)} {x.dtype}")
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    x = x.permute(0, 3, 1, 2).float()
+    if mode == "caffe":
+        x = x.flip(1) - torch.tensor(CAFFE_BGR_MEANS, device=x.device).view(1, 3, 1, 1)
+    elif mode == "imagenet":
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        x = (x / 255.0 - mean) / std
+    else:
+        raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {mode!r}")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return x.contiguous(memory_format=memory_format)

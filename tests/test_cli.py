@@ -1,0 +1,60 @@
+"""The ``latent-replay`` command line: outputs, files, one-line errors and exit codes."""
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from latent_replay.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["--log-level", "WARNING", *map(str, args)])
+
+
+def test_filelists_make_check_summary(tiny_root, tmp_path):
+    out = tmp_path / "lists"
+    r = run("filelists", "make", tiny_root, "--out", out, "--scenario", "391", "--runs", "0-1")
+    assert r.exit_code == 0, r.output
+    assert "wrote NICv2-391 runs 0..1 from 132 frames" in r.output
+    assert sorted(p.name for p in (out / "NICv2_391").iterdir()) == ["run0", "run1"]
+    r = run("filelists", "make", tiny_root, "--out", out, "--scenario", "391", "--runs", "0")
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1
+    assert r.stderr == f"Error: {out / 'NICv2_391'} already exists (use --force to replace it)\n"
+    assert (out / "NICv2_391" / "run1").is_dir()  # nothing was lost
+    r = run("filelists", "check", out, "--root", tiny_root, "--scenario", "391", "--runs", "0,1")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.splitlines()[1].startswith("ok NICv2-391 run 1: 30 batches, 96 train frames, 2 test frames")
+    r = run("filelists", "summary", out, "--scenario", "391", "--run", "0")
+    assert r.exit_code == 0
+    assert "NICv2-391 run 0: 30 batches, 96 train frames, 2 test frames, 4 classes" in r.output
+    assert "    0       9  0,5,10             0,5,10" in r.output
+
+
+def test_cli_errors_are_one_line(tiny_root, tmp_path):
+    out = tmp_path / "lists"
+    assert run("filelists", "make", tiny_root, "--out", out, "--scenario", "79", "--runs", "0").exit_code == 0
+    bad = out / "NICv2_79" / "run0" / "train_batch_01_filelist.txt"
+    lines = bad.read_text().splitlines()
+    lines[2] = lines[2].rsplit(" ", 1)[0] + " 77"
+    bad.write_text("\n".join(lines) + "\n")
+    r = run("filelists", "check", out, "--scenario", "79", "--runs", "0")
+    assert r.exit_code == 1
+    assert r.stderr == f"Error: {bad}:3: label 77 outside 0..49\n"
+    r = run("filelists", "make", tmp_path / "missing", "--out", out)
+    assert r.exit_code == 1 and r.stderr == f"Error: {tmp_path / 'missing'}: dataset root does not exist\n"
+    r = run("filelists", "make", tiny_root, "--runs", "x")
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[-1] == ("Error: Invalid value for '--runs': 'x' is not a list or range of "
+                                         "integers (e.g. 0-4 or 0,2,4)")
+    r = run("filelists", "check", out, "--scenario", "80")
+    assert r.exit_code == 2 and "'80' is not one of '79', '196', '391'" in r.output
+
+
+def test_cache_command(tiny_root, tmp_path):
+    out = tmp_path / "lists"
+    run("filelists", "make", tiny_root, "--out", out, "--scenario", "196", "--runs", "0")
+    args = ("cache", tiny_root, out, "--scenario", "196", "--runs", "0", "--cache-dir", tmp_path / "c")
+    r = run(*args)
+    assert r.exit_code == 0, r.output
+    # 96 training frames (all runs share them) + 2 reduced-test frames, each decoded once
+    assert r.stdout.startswith("98 frames decoded (0.0 MB) in ")
+    assert run(*args).stdout.startswith("98 frames already cached")
