@@ -58,3 +58,24 @@ def test_cache_command(tiny_root, tmp_path):
     # 96 training frames (all runs share them) + 2 reduced-test frames, each decoded once
     assert r.stdout.startswith("98 frames decoded (0.0 MB) in ")
     assert run(*args).stdout.startswith("98 frames already cached")
+
+
+def test_synth_command_and_demo(tmp_path, monkeypatch):
+    r = run("synth", tmp_path / "s", "--sessions", "3", "--categories", "1", "--objects-per-category", "1",
+            "--frames", "2", "--size", "16")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("synthetic CORe50: 6 images, sessions 3, objects 1, 2 frames/video, 16x16")
+    assert sorted(p.name for p in (tmp_path / "s" / "core50_128x128").iterdir()) == ["s1", "s2", "s3"]
+    r = run("synth", tmp_path / "bad", "--sessions", "12")
+    assert r.exit_code == 1 and r.stderr.startswith("Error: sessions must be an integer in [1, 11]")
+
+    import latent_replay.cli as cli
+    monkeypatch.setattr(cli, "DEMO_DATASET", dict(sessions=11, categories=2, objects_per_category=2, frames=2, size=16))
+    out = tmp_path / "demo"
+    first = run("demo", "--out", out)
+    assert first.exit_code == 0, first.output
+    assert "NICv2-391 run 0: 31 batches, 64 train frames" in first.stdout
+    assert (out / "batch_filelists" / "NICv2_79" / "run4" / "train_batch_00_filelist.txt").is_file()
+    assert "(decoded now)" in first.stdout
+    second = run("demo", "--out", out)  # reuses the dataset and the cache
+    assert second.exit_code == 0 and "(hit)" in second.stdout

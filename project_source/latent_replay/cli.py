@@ -119,6 +119,15 @@ def filelists_check(filelists_dir, root, scenarios, runs, full_test):
                        f"{len(sc.test)} test frames ({sc.source})")
 
 
+def _classes(labels, width: int) -> str:
+    """Comma-separated labels, cut with '...(N)' when longer than ``width``."""
+    text = ",".join(map(str, labels))
+    if len(text) <= width:
+        return text
+    tail = f"...({len(labels)})"
+    return text[: width - len(tail)].rsplit(",", 1)[0] + tail
+
+
 def format_summary(sc, max_rows: int = 12) -> str:
     """A short text table of a scenario: frames and classes per batch."""
     rows = sc.summary()
@@ -129,9 +138,7 @@ def format_summary(sc, max_rows: int = 12) -> str:
     for i, r in enumerate(shown):
         if len(rows) > max_rows and i == max_rows - 2:
             lines.append(f"  ... {len(rows) - max_rows} more batches ...")
-        cls = ",".join(map(str, r.classes))
-        new = ",".join(map(str, r.new_classes)) or "-"
-        lines.append(f"  {r.index:5d}  {r.frames:6d}  {cls[:17]:17s}  {new}")
+        lines.append(f"  {r.index:5d}  {r.frames:6d}  {_classes(r.classes, 17):17s}  {_classes(r.new_classes, 40) or '-'}")
     last_new = max((r.index for r in rows if r.new_classes), default=0)
     lines.append(f"  last batch introducing a new class: {last_new}")
     return "\n".join(lines)
@@ -173,6 +180,10 @@ def cache(root, filelists_dir, scenarios, runs, cache_dir, workers):
     click.echo(f"{len(store.paths)} frames {state} ({store.nbytes / 1e6:.1f} MB) in {store.cache_file}")
 
 
+#: The synthetic dataset of the demo: 11 sessions x 20 objects (2 per category) x 16 frames, 128x128.
+DEMO_DATASET = dict(sessions=11, categories=10, objects_per_category=2, frames=16, size=128)
+
+
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_output"),
               show_default=True, help="Folder for the synthetic dataset, filelists and cache.")
@@ -183,8 +194,7 @@ def demo(out, seed):
     from .data.synthetic import write_synthetic_core50
 
     root = out / "core50"
-    info = write_synthetic_core50(root, seed=seed, sessions=11, categories=10, objects_per_category=2,
-                                  frames=16, size=128)
+    info = write_synthetic_core50(root, seed=seed, **DEMO_DATASET)
     log.info("synthetic CORe50 ready: %d images in %s", info.n_images, root)
     ds = open_root(root)
     lists = out / "batch_filelists"
