@@ -209,5 +209,13 @@ def demo(out, seed):
                f"({'hit' if store.from_cache else 'decoded now'}) in {store.cache_file}")
 
 
+def _register_subcommands() -> None:
+    from .models.commands import weights
+
+    main.add_command(weights)
+
+
+_register_subcommands()
+
 if __name__ == "__main__":
     main()
