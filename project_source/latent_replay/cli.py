@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .config import ConfigError, ExperimentConfig
 from .data.core50 import DatasetError, load_frames, open_root
 from .data.filelists import SCENARIOS, FilelistError
 from .utils import parse_int_list, setup_logging
@@ -17,7 +18,7 @@ from .utils import parse_int_list, setup_logging
 log = logging.getLogger("latent_replay")
 
 #: Exceptions that describe bad input; shown as one line without a traceback.
-USER_ERRORS = (DatasetError, FilelistError, FileExistsError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, DatasetError, FilelistError, FileExistsError, FileNotFoundError, ValueError)
 
 
 class Group(click.Group):
@@ -178,6 +179,31 @@ def cache(root, filelists_dir, scenarios, runs, cache_dir, workers):
     store = load_frames(ds.images_dir, paths, cache_dir=cache_dir, workers=workers)
     state = "already cached" if store.from_cache else "decoded"
     click.echo(f"{len(store.paths)} frames {state} ({store.nbytes / 1e6:.1f} MB) in {store.cache_file}")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="exp_configuration.json (written by prepare_experiment.py or by hand).")
+@click.option("--runs", default=None, callback=_runs, help="Override the config's runs, e.g. 0-4.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="Override the device.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Override the results folder.")
+@click.option("--force", is_flag=True, help="Train finished runs again (their results are replaced).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def train(config_path, runs, device, out, force, no_progress):
+    """Train the runs of one experiment; resumes interrupted runs from their checkpoints."""
+    from .train import Trainer
+
+    cfg = ExperimentConfig.load(config_path)
+    changes = {k: v for k, v in (("runs", runs), ("device", device), ("out", str(out) if out else None)) if v is not None}
+    if changes:
+        cfg = cfg.replace(**changes)
+    trainer = Trainer(cfg, progress=not no_progress)
+    summaries = trainer.run_all(force=force)
+    for s in summaries:
+        click.echo(f"run {s['run']}: final accuracy {s['final_accuracy']:.4f}, average {s['average_accuracy']:.4f}, "
+                   f"{s['train_seconds']:.1f}s training, {s['eval_seconds']:.1f}s evaluation")
+    click.echo(f"results in {trainer.experiment_dir}")
 
 
 #: The synthetic dataset of the demo: 11 sessions x 20 objects (2 per category) x 16 frames, 128x128.

@@ -45,8 +45,10 @@ logger = logging.getLogger(__name__)
 
 INFO_FILE = "synthetic_core50.json"
 #: Bump when the renderer changes, so an old dataset is not mistaken for a current one.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 FPS = 20.0
+#: Frames of a real CORe50 video (15 s at 20 fps); shorter synthetic videos sample it evenly.
+VIDEO_FRAMES = 300
 
 # Seed-domain tags, so category / object / session / video streams never collide.
 _CATEGORY, _OBJECT, _SESSION, _VIDEO = 1, 2, 3, 4
@@ -227,8 +229,11 @@ def render_video(seed: int, session: int, obj: int, frames: int, size: int):
     colors = [c.reshape(3, 1, 1) for c in (*ident.colors, sess.hand)]
     tint = sess.tint.reshape(3, 1, 1) * np.float32(sess.gain)
     coords = np.arange(size, dtype=np.float32) + 0.5
+    # A short video samples the frames of a full 15 s CORe50 video evenly, so that a few frames still
+    # cover its range of poses (consecutive frames of a 20 fps video are near-duplicates).
+    step = max(1.0, VIDEO_FRAMES / frames)
     for frame in range(frames):  # all per-frame scalars are Python floats: arrays stay float32
-        t = frame / FPS
+        t = frame * step / FPS
         cx, cy = (float(x) for x in center + drift_amp * np.sin(2 * np.pi * drift_f * t + drift_ph))
         angle = float(angle0 + spin * t + 0.05 * np.sin(3 * t))
         r = float(radius * (1 + 0.05 * np.sin(1.3 * t + drift_ph[0])))

@@ -1,0 +1,393 @@
+"""The experiment configuration: one dataclass, JSON round trip, schema version, fidelity profiles.
+
+``ExperimentConfig`` is the single contract between the launcher (which writes
+``exp_configuration.json``) and the trainer (which only reads it). Every behaviour where the original
+Caffe code and the paper disagree (spec §11) is a named switch in :class:`Fidelity`; profile ``fixed``
+(default) turns every bug off, profile ``caffe`` reproduces the original. A switch can be set on its own
+on top of a profile: ``ExperimentConfig(profile="fixed", fidelity={"eval_at_iteration_1": True})``.
+
+Values left ``None`` (learning rate, classifier multiplier, BRN past weight) are derived from the
+method and replay exactly as the original launcher/solvers do (spec §4.4, §5.1, §5.6); the
+``resolved_*`` properties give the value in force.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+
+from .data.filelists import atomic_write_text
+
+SCHEMA_VERSION = 1
+METHODS = ("naive", "joint", "cwr", "ar1", "ar1free")
+#: Names used by the original launcher (``CWR``, ``AR1S``, ``AR1F``) and ours.
+METHOD_ALIASES = {"CWR": "cwr", "AR1S": "ar1", "AR1F": "ar1free", "NAIVE": "naive", "JOINT": "joint"}
+METHOD_TITLES = {"naive": "naive", "joint": "joint", "cwr": "CWR*", "ar1": "AR1*", "ar1free": "AR1*-free"}
+REPLAYS = ("none", "native", "latent", "generative")
+#: Replay names of the original launcher.
+REPLAY_ALIASES = {"no": "none", "pure": "native", "latent": "latent", "generative": "generative"}
+SCENARIOS = (79, 196, 391)
+LATENT_DTYPES = ("float32", "float16", "uint8")
+PROFILES = ("fixed", "caffe")
+DEVICES = ("auto", "cpu", "cuda")
+LATENT_LAYERS = (
+    "data", "conv2_1/dw", "conv2_2/dw", "conv3_1/dw", "conv3_2/dw", "conv4_1/dw", "conv4_2/dw", "conv5_1/dw",
+    "conv5_2/dw", "conv5_3/dw", "conv5_4/dw", "conv5_5/dw", "conv5_6/dw", "conv6/dw", "pool6",
+)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key (and the file when loaded from one)."""
+
+
+@dataclass
+class Fidelity:
+    """One switch per behaviour of the original code that the paper contradicts (spec §11).
+
+    Defaults are the fixed behaviour; :data:`PROFILE_SWITCHES` gives the ``caffe`` values.
+    """
+
+    #: B1: with replay "none" the original still allocates, updates and mixes a 1500-pattern memory
+    #: into every minibatch (and sees only 252 of 300 new frames per NICv2-391 batch).
+    replay_when_none: bool = False
+    #: B2: the AR1S solver is never loaded, so AR1* runs as AR1*-free (importance is not applied).
+    ar1_as_ar1free: bool = False
+    #: B5: one RNG re-seeded to 0 before every shuffle and memory choice (identical permutations for
+    #: equal sizes); fixed: one generator per run seeded from (seed, run).
+    reseed_rng_each_shuffle: bool = False
+    #: B6a: pad new data and memory to a multiple of their minibatch share by prepending duplicates.
+    pad_training_like_caffe: bool = False
+    #: B6b: evaluate on the test list padded to a multiple of the test minibatch (2249 -> 2300).
+    padded_test_set: bool = False
+    #: B7: an extra evaluation after global iteration 1 (logs one line longer than the batches).
+    eval_at_iteration_1: bool = False
+    #: B8: classifier bias reset to 1 and frozen (consolidated as 1, unseen classes 0 at test time);
+    #: fixed: no bias.
+    classifier_bias: bool = False
+    #: B10: AR1* importance from the applied updates, Omega = sum(dtheta^2) / (Delta theta^2 + xi)
+    #: ("updates", the original) or the SI path integral of -grad * dtheta ("gradients").
+    importance_from: str = "gradients"
+    #: B11: latents stored for the memory: computed in eval mode with the batch's final weights
+    #: ("eval_final") or the training-mode activations of epoch 0 ("train_epoch0", the original; for
+    #: batch 0 an extra training-mode pass).
+    stored_latents: str = "eval_final"
+    #: B12: below the latent layer, 1x1 conv weights still decay and BRN moments keep moving
+    #: (training-mode statistics), so stored latents slowly age; fixed: completely frozen, eval mode.
+    lower_drift: bool = False
+    #: B13: SGD momentum created at batch 1 and kept across all later batches (also the classifier's,
+    #: although CWR* resets its weights); fixed: momentum reset at every batch start.
+    momentum_persists: bool = False
+    #: B14: first-batch BRN starts from zero statistics with the 48-step warm-up at lambda 0.99
+    #: ("zero", what the original most likely did) or from the imported BN statistics ("pretrained",
+    #: falling back to zero when the weights carry none).
+    first_batch_brn_start: str = "pretrained"
+
+
+PROFILE_SWITCHES: dict[str, dict[str, Any]] = {
+    "fixed": {},
+    "caffe": {
+        "replay_when_none": True, "ar1_as_ar1free": True, "reseed_rng_each_shuffle": True,
+        "pad_training_like_caffe": True, "padded_test_set": True, "eval_at_iteration_1": True,
+        "classifier_bias": True, "importance_from": "updates", "stored_latents": "train_epoch0",
+        "lower_drift": True, "momentum_persists": True, "first_batch_brn_start": "zero",
+    },
+}
+_CHOICES = {
+    "importance_from": ("gradients", "updates"),
+    "stored_latents": ("eval_final", "train_epoch0"),
+    "first_batch_brn_start": ("pretrained", "zero"),
+}
+
+
+def profile_fidelity(profile: str, **overrides) -> Fidelity:
+    """The switches of a profile, with individual overrides."""
+    if profile not in PROFILE_SWITCHES:
+        raise ConfigError(f"profile: {profile!r} is not one of {', '.join(PROFILES)}")
+    return Fidelity(**{**PROFILE_SWITCHES[profile], **overrides})
+
+
+@dataclass
+class BRNSettings:
+    """Batch Renormalization settings of one phase (spec §4.3)."""
+
+    t0: int
+    t_r: int
+    t_d: int
+    r_max: float
+    d_max: float
+    #: lambda; ``None`` in the incremental phase = 1 - 1/past_weight.
+    moving_fraction: Optional[float] = None
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one experiment needs. Unknown keys, wrong types and impossible combinations are rejected."""
+
+    method: str = "ar1free"
+    scenario: int = 391
+    replay: str = "latent"
+    latent_layer: str = "conv5_4/dw"
+    replay_memory: int = 1500
+    latent_dtype: str = "float32"
+    runs: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    #: Stop each run after this many batches (None = all); for demos and smoke tests.
+    max_batches: Optional[int] = None
+    epochs_first_batch: float = 4.0
+    epochs: float = 4.0
+    minibatch: int = 128
+    test_minibatch: int = 100
+    lr_first_batch: float = 0.001
+    #: Incremental base learning rate; None = 0.001 without replay, 0.0003 with replay (spec §5.1).
+    lr: Optional[float] = None
+    #: Classifier learning-rate multiplier in incremental batches; None = 1 (CWR*, naive, joint), 10 (AR1*).
+    classifier_lr_mult: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    #: AR1*: F_max (``ewc_clip_to``), pre-multiplier c (``ewc_w``) and xi.
+    ar1_f_max: float = 0.001
+    ar1_c: float = 1.0
+    ar1_xi: float = 1e-7
+    brn_first_batch: BRNSettings = field(default_factory=lambda: BRNSettings(48, 96, 96, 3.0, 5.0, 0.99))
+    brn_incremental: BRNSettings = field(default_factory=lambda: BRNSettings(0, 1, 1, 1.25, 0.5, None))
+    #: W of the past-weight rescale at batch 1; None = 10000 (no/native replay) or 20000 (latent).
+    brn_past_weight: Optional[float] = None
+    preprocessing: str = "caffe"
+    weights: Optional[str] = None
+    dataset_root: str = "/datasets"
+    filelists: str = "batch_filelists"
+    test_list: str = "reduced"
+    device: str = "auto"
+    #: Decoded-frame cache folder; None = $LATENT_REPLAY_CACHE or ~/.cache/latent-replay.
+    cache_dir: Optional[str] = None
+    #: Speed switches; each gives the same metrics as the plain path and can be turned off.
+    #: Run the frozen lower part once per new frame per batch (not once per epoch) when it is
+    #: deterministic (eval-mode, no drift).
+    precompute_lower: bool = True
+    #: Evaluate the upper part only, on test-set latents cached while the lower part is frozen.
+    cache_test_latents: bool = True
+    #: channels-last memory layout (1.3-1.7x faster convolutions on CPU).
+    channels_last: bool = True
+    seed: int = 0
+    out: str = "results"
+    #: Experiment folder name under ``out``; None = derived from method, scenario, replay, layer, memory.
+    name: Optional[str] = None
+    profile: str = "fixed"
+    #: The switches in force; None (or a dict of overrides) = the profile's switches.
+    fidelity: Optional[Fidelity] = None
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.fidelity is None:
+            self.fidelity = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "fidelity" and isinstance(value, dict):
+                if self.profile not in PROFILE_SWITCHES:
+                    _choice("profile", self.profile, PROFILES)
+                setattr(self, f.name, _build(Fidelity, {**PROFILE_SWITCHES[self.profile], **value}, "fidelity"))
+            elif f.name.startswith("brn_") and isinstance(value, dict):
+                setattr(self, f.name, _build(BRNSettings, value, f.name))
+        self.method = METHOD_ALIASES.get(self.method, self.method)
+        self.replay = REPLAY_ALIASES.get(self.replay, self.replay)
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        _check_types(self, "")
+        _choice("method", self.method, METHODS)
+        _choice("scenario", self.scenario, SCENARIOS)
+        _choice("replay", self.replay, REPLAYS)
+        _choice("latent_layer", self.latent_layer, LATENT_LAYERS)
+        _choice("latent_dtype", self.latent_dtype, LATENT_DTYPES)
+        _choice("preprocessing", self.preprocessing, ("caffe", "imagenet"))
+        _choice("test_list", self.test_list, ("reduced", "full"))
+        _choice("device", self.device, DEVICES)
+        _choice("profile", self.profile, PROFILES)
+        for key, choices in _CHOICES.items():
+            _choice(f"fidelity.{key}", getattr(self.fidelity, key), choices)
+        if self.replay_memory <= 0:
+            raise ConfigError(f"replay_memory: must be > 0, got {self.replay_memory}")
+        if not self.runs or any((not isinstance(r, int)) or r < 0 for r in self.runs):
+            raise ConfigError(f"runs: must be a non-empty list of run numbers >= 0, got {self.runs}")
+        for key in ("epochs_first_batch", "epochs", "lr_first_batch", "minibatch", "test_minibatch"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise ConfigError(f"max_batches: must be >= 1 or null, got {self.max_batches}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if self.method == "cwr" and self.replay in ("latent", "generative") and self.latent_layer != "pool6":
+            raise ConfigError(f"latent_layer: CWR* trains only the classifier, so latent replay must use "
+                              f"pool6, got {self.latent_layer!r}")
+        if self.method == "joint" and self.replay != "none":
+            raise ConfigError(f"replay: the joint baseline sees all past data, replay must be 'none', got {self.replay!r}")
+        if self.schema_version != SCHEMA_VERSION:
+            raise ConfigError(f"schema_version: {self.schema_version} is not supported (this suite reads {SCHEMA_VERSION})")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def uses_replay(self) -> bool:
+        return self.replay != "none"
+
+    @property
+    def uses_latent(self) -> bool:
+        return self.replay in ("latent", "generative")
+
+    @property
+    def uses_cwr_head(self) -> bool:
+        return self.method in ("cwr", "ar1", "ar1free")
+
+    @property
+    def memory_in_use(self) -> bool:
+        """Whether a memory is allocated, updated and mixed in (B1 keeps it for replay 'none')."""
+        return self.uses_replay or (self.fidelity.replay_when_none and self.method != "joint")
+
+    @property
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.0003 if self.uses_replay else 0.001
+
+    @property
+    def resolved_classifier_lr_mult(self) -> float:
+        if self.classifier_lr_mult is not None:
+            return self.classifier_lr_mult
+        return 10.0 if self.method in ("ar1", "ar1free") else 1.0
+
+    @property
+    def resolved_past_weight(self) -> float:
+        if self.brn_past_weight is not None:
+            return self.brn_past_weight
+        return 20000.0 if self.uses_latent else 10000.0
+
+    @property
+    def resolved_latent_layer(self) -> str:
+        """The latent split in force: the configured layer for latent/generative replay, else ``data``."""
+        return self.latent_layer if self.uses_latent else "data"
+
+    @property
+    def experiment_name(self) -> str:
+        if self.name:
+            return self.name
+        parts = [self.method, f"nicv2_{self.scenario}", self.replay]
+        if self.uses_latent:
+            parts.append(self.latent_layer.replace("/", ""))
+        if self.uses_replay:
+            parts.append(f"m{self.replay_memory}")
+            if self.uses_latent and self.latent_dtype != "float32":
+                parts.append(self.latent_dtype)
+        if self.profile != "fixed":
+            parts.append(self.profile)
+        return "_".join(parts)
+
+    # ------------------------------------------------------------------ JSON
+    def fidelity_overrides(self) -> dict:
+        """The switches that differ from the profile's."""
+        base = dataclasses.asdict(profile_fidelity(self.profile))
+        return {k: v for k, v in dataclasses.asdict(self.fidelity).items() if base[k] != v}
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; ``fidelity`` holds only the overrides of the profile's switches."""
+        data = dataclasses.asdict(self)
+        data["fidelity"] = self.fidelity_overrides()
+        return data
+
+    def describe_fidelity(self) -> dict:
+        """Every switch in force (for logs and result summaries)."""
+        return dataclasses.asdict(self.fidelity)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        atomic_write_text(path, self.to_json())
+        return Path(path)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "ExperimentConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        try:
+            return _build(cls, data, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ExperimentConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: configuration file not found") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        return cls.from_dict(data, str(path))
+
+    def replace(self, **changes) -> "ExperimentConfig":
+        """A validated copy with some keys changed (``fidelity`` may be a dict of switch overrides)."""
+        data = self.to_dict()
+        if "profile" in changes and "fidelity" not in changes:
+            data["fidelity"] = {}
+        if isinstance(changes.get("fidelity"), dict) and "profile" not in changes:
+            changes["fidelity"] = {**data["fidelity"], **changes["fidelity"]}
+        data.update(changes)
+        return ExperimentConfig.from_dict(data)
+
+
+def _choice(key: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _build(cls, data: dict, prefix: str):
+    """Instantiate a config dataclass from a dict, rejecting unknown keys with their dotted name."""
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"{prefix}{'.' if prefix else ''}{key}: unknown key")
+    missing = [f.name for f in fields(cls) if f.name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{prefix}: missing key {missing[0]}")
+    return cls(**data)
+
+
+def _type_ok(value, hint) -> bool:
+    origin = get_origin(hint)
+    if origin is Union:
+        return any(_type_ok(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is list:
+        return isinstance(value, list)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def _type_name(hint) -> str:
+    if get_origin(hint) is Union:
+        return " or ".join(_type_name(h) for h in get_args(hint))
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def _check_types(obj, prefix: str) -> None:
+    hints = get_type_hints(type(obj))
+    for f in fields(obj):
+        value, hint = getattr(obj, f.name), hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_types(value, key + ".")
+            continue
+        if not _type_ok(value, hint):
+            raise ConfigError(f"{key}: expected {_type_name(hint)}, got {type(value).__name__} {value!r}")
+        if hint is float or (get_origin(hint) is Union and float in get_args(hint)):
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(obj, f.name, float(value))

@@ -1,0 +1,108 @@
+"""CWR* (spec §6.1): class-specific consolidated output weights.
+
+State: consolidated weights ``cw[c]`` (1024 values) and bias ``cb[c]`` per class, cumulative pattern
+counts ``N[c]``. Per batch:
+
+1. present classes P and their counts n_c (new patterns *and* memory labels, B9);
+2. reset the live classifier (W = 0, bias = 1 when the Caffe bias is kept, B8) and, for b > 0, load
+   ``cw[c]``/``cb[c]`` for the classes of P consolidated before ("NIC loading": classes seen again
+   start from their consolidated weights; a new class keeps W = 0 and bias 1, so that every
+   consolidated class ends with bias 1 as the spec describes);
+3. train (only W at b > 0);
+4. consolidate: ḡ = mean of all entries of W[P] (a scalar, B9); for c in P,
+   ``w_past = sqrt(N_c / n_c)``, ``cw[c] = (w_past * cw[c] + (W[c] - ḡ)) / (w_past + 1)``,
+   ``cb[c] = bias[c]``; then N_c += n_c;
+5. evaluation uses cw/cb for all 50 classes (never-consolidated classes: 0).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Method, present_counts
+
+
+class CWRHead:
+    """The consolidated classifier of CWR* (and AR1*); works on ``model.mid_fc7``."""
+
+    def __init__(self, fc: torch.nn.Linear):
+        self.fc = fc
+        n, d = fc.weight.shape
+        dev = fc.weight.device
+        self.cw = torch.zeros(n, d, dtype=torch.float32, device=dev)
+        self.cb = torch.zeros(n, dtype=torch.float32, device=dev)
+        self.counts = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.present = torch.zeros(n, dtype=torch.bool, device=dev)
+        self.batch_counts = torch.zeros(n, dtype=torch.float64, device=dev)
+
+    @torch.no_grad()
+    def reset(self, labels: torch.Tensor, load: bool) -> None:
+        """Step 1-2: W = 0 (bias 1), then load the consolidated rows of the present classes."""
+        self.batch_counts = present_counts(labels.to(self.cw.device), self.cw.shape[0])
+        self.present = self.batch_counts > 0
+        self.fc.weight.zero_()
+        if self.fc.bias is not None:
+            self.fc.bias.fill_(1.0)
+        if load:
+            seen_again = self.present & (self.counts > 0)
+            self.fc.weight[seen_again] = self.cw[seen_again]
+            if self.fc.bias is not None:
+                self.fc.bias[seen_again] = self.cb[seen_again]
+
+    @torch.no_grad()
+    def consolidate(self) -> None:
+        """Step 4, then step 5 (load every consolidated row for evaluation)."""
+        p = self.present
+        if not bool(p.any()):
+            return
+        w = self.fc.weight.detach().float()
+        mean = w[p].mean()
+        w_past = torch.sqrt(self.counts[p] / self.batch_counts[p]).float().unsqueeze(1)
+        self.cw[p] = (w_past * self.cw[p] + (w[p] - mean)) / (w_past + 1)
+        if self.fc.bias is not None:
+            self.cb[p] = self.fc.bias[p].float()
+        self.counts[p] += self.batch_counts[p]
+        self.load_consolidated()
+
+    @torch.no_grad()
+    def load_consolidated(self) -> None:
+        self.fc.weight.copy_(self.cw)
+        if self.fc.bias is not None:
+            self.fc.bias.copy_(self.cb)
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k).cpu() for k in ("cw", "cb", "counts", "present", "batch_counts")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.to(self.cw.device))
+
+
+def w_past(total: float, current: float) -> float:
+    """The consolidation weight sqrt(N_c / n_c) (0 for a class seen for the first time)."""
+    return math.sqrt(total / current)
+
+
+class CWRStar(Method):
+    """CWR*: after batch 0 only the classifier learns, through the consolidated head."""
+
+    name = "cwr"
+    uses_cwr_head = True
+    classifier_only = True
+
+    def __init__(self, cfg, model):
+        super().__init__(cfg, model)
+        self.head = CWRHead(model.mid_fc7)
+
+    def before_batch(self, batch_index: int, labels: torch.Tensor) -> None:
+        self.head.reset(labels, load=batch_index > 0)
+
+    def after_training(self, batch_index: int) -> None:
+        self.head.consolidate()
+
+    def state_dict(self) -> dict:
+        return {"head": self.head.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])

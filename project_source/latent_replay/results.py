@@ -1,0 +1,97 @@
+"""Result files: per-run metrics and summaries, per-experiment aggregates, and discovery.
+
+Layout (every file written atomically)::
+
+    <out>/<experiment>/exp_configuration.json     the config the runs were trained with
+    <out>/<experiment>/run<R>/metrics.csv          one row per evaluation
+    <out>/<experiment>/run<R>/summary.json         written when the run finishes
+    <out>/<experiment>/run<R>/checkpoint.pt        state after the last finished batch (resume)
+    <out>/<experiment>/summary.csv                 mean and std over finished runs, per evaluation
+
+``metrics.csv`` columns: :data:`METRIC_COLUMNS`. ``kind`` is ``batch`` for the evaluation after a
+batch and ``iteration_1`` for the original's extra evaluation after the first iteration (B7).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data.filelists import atomic_write_text
+
+METRIC_COLUMNS = (
+    "batch", "kind", "iteration", "test_accuracy", "train_loss", "train_accuracy", "train_seconds",
+    "eval_seconds", "new_frames", "classes_seen", "memory_patterns", "memory_bytes",
+)
+CONFIG_FILE = "exp_configuration.json"
+
+
+def run_dir(out: str | os.PathLike, experiment: str, run: int) -> Path:
+    return Path(out) / experiment / f"run{run}"
+
+
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, float_format="%.6g")
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_json(path: str | os.PathLike, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_metrics(path: str | os.PathLike, rows: list[dict]) -> None:
+    write_csv(path, pd.DataFrame(rows, columns=list(METRIC_COLUMNS)))
+
+
+def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def aggregate_runs(experiment_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """Mean and std (over finished runs) of every metric, per evaluation point; writes summary.csv."""
+    experiment_dir = Path(experiment_dir)
+    frames = []
+    for d in sorted(experiment_dir.glob("run*")):
+        if (d / "summary.json").is_file() and (d / "metrics.csv").is_file():
+            m = read_metrics(d / "metrics.csv")
+            m.insert(0, "run", int(d.name[3:]))
+            frames.append(m)
+    if not frames:
+        return None
+    allruns = pd.concat(frames, ignore_index=True)
+    keys = ["batch", "kind"]
+    values = [c for c in METRIC_COLUMNS if c not in keys]
+    grouped = allruns.groupby(keys, sort=False)[values]
+    out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=0).add_suffix("_std"))
+    out.insert(0, "runs", grouped.size())
+    out = out.reset_index()
+    write_csv(experiment_dir / "summary.csv", out)
+    return out
+
+
+def find_experiments(*roots: str | os.PathLike) -> list[Path]:
+    """Every experiment folder (one holding ``exp_configuration.json`` and run folders) under ``roots``."""
+    found = []
+    for root in roots:
+        root = Path(root)
+        candidates = [root] if (root / CONFIG_FILE).is_file() else []
+        candidates += [p.parent for p in root.rglob(CONFIG_FILE)]
+        for c in candidates:
+            if c not in found and any(c.glob("run*/metrics.csv")):
+                found.append(c)
+    return sorted(found)

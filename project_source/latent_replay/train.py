@@ -1,0 +1,530 @@
+"""The trainer: for run in runs: for batch in scenario: train → evaluate → log → checkpoint.
+
+Spec §5 (procedure), §6 (methods via :mod:`latent_replay.methods`), §7 (replay via
+:mod:`latent_replay.replay`), §8 (evaluation and logs), with every behaviour of spec §11 behind a
+:class:`~latent_replay.config.Fidelity` switch.
+
+One training iteration of an incremental batch (b > 0): k_new new patterns and k_mem memory patterns
+(k_new = round(128·n/(n+M)), never hard-coded). The network is split at the *split layer*: the latent
+layer for latent replay, ``pool6`` for CWR* (only the classifier learns), ``data`` otherwise. The lower
+part is frozen and runs without gradients (eval mode, or training-mode BRN with drifting moments under
+``lower_drift``); its output for the new patterns is concatenated with the replayed latents and the
+upper part learns. Batch 0 trains the whole network.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import ConfigError, ExperimentConfig
+from .data.core50 import FrameStore, load_frames, open_root, preprocess
+from .data.nicv2 import Scenario, load_scenario
+from .methods import DECAY_MULTS, make_method
+from .models import BRNConfig, MobileNetV1, param_names_by_kind, split
+from .models.weights import load_weights
+from .replay import ReplayMemory, choose_update
+from .results import CONFIG_FILE, aggregate_runs, run_dir, write_json, write_metrics
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+#: Test-set latents are cached only below this size.
+TEST_CACHE_LIMIT_BYTES = 2 * 1024 ** 3
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' requested but no CUDA device is available (use auto or cpu)")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------- schedule
+def pad_indices(n: int, k: int) -> np.ndarray:
+    """Caffe padding: prepend the first (k - n mod k) items so the length is a multiple of k."""
+    extra = (-n) % k
+    return np.concatenate([np.arange(extra), np.arange(n)]).astype(np.int64)
+
+
+@dataclass
+class Schedule:
+    """The minibatch plan of one batch (spec §5.2-5.3)."""
+
+    k_new: int
+    k_mem: int
+    iters_per_epoch: int
+    iterations: int
+    new_order: np.ndarray   # indices into the batch's patterns (padded and/or shuffled)
+    mem_order: np.ndarray   # indices into the memory
+
+    def _rows(self, order: np.ndarray, k: int, it: int) -> np.ndarray:
+        chunks = math.ceil(len(order) / k)
+        j = it % chunks
+        return order[j * k:(j + 1) * k]
+
+    def new_rows(self, it: int) -> np.ndarray:
+        return self._rows(self.new_order, self.k_new, it)
+
+    def mem_rows(self, it: int) -> np.ndarray:
+        return self._rows(self.mem_order, self.k_mem, it) if self.k_mem else self.mem_order[:0]
+
+    @property
+    def new_chunks(self) -> int:
+        return math.ceil(len(self.new_order) / self.k_new)
+
+
+def plan_batch(n_new: int, n_mem: int, *, minibatch: int, epochs: float, pad: bool, count_memory: bool,
+               perm) -> Schedule:
+    """Split, padding, shuffling and iteration count for ``n_new`` new and ``n_mem`` memory patterns.
+
+    ``n_mem`` > 0 mixes the memory in; ``count_memory`` says whether memory patterns count towards the
+    iterations (false only for the original's replay-when-none bug, B1). ``pad`` pads like Caffe and
+    counts iterations as ceil(count/minibatch); otherwise one epoch is one pass over the new patterns.
+    ``perm(n)`` returns a permutation (shuffled once per batch, spec §5.3).
+    """
+    k_new = minibatch if n_mem == 0 else int(math.floor(minibatch * n_new / (n_new + n_mem) + 0.5))
+    k_new = min(max(k_new, 1), minibatch)
+    k_mem = minibatch - k_new if n_mem else 0
+    if k_mem == 0:
+        n_mem = 0
+    if pad:
+        count = n_new + (n_mem if count_memory else 0)
+        per_epoch = math.ceil(count / minibatch)
+        new_idx = pad_indices(n_new, k_new)
+        mem_idx = pad_indices(n_mem, k_mem) if n_mem else np.zeros(0, np.int64)
+    else:
+        per_epoch = math.ceil(n_new / k_new)
+        new_idx, mem_idx = np.arange(n_new), np.arange(n_mem)
+    new_order = new_idx[perm(len(new_idx))]
+    mem_order = mem_idx[perm(len(mem_idx))] if n_mem else mem_idx
+    return Schedule(k_new, k_mem, per_epoch, max(1, int(round(epochs * per_epoch))), new_order, mem_order)
+
+
+# ------------------------------------------------------------------------------------------ run
+class RunTrainer:
+    """Trains one run of one experiment; see the module docstring."""
+
+    def __init__(self, cfg: ExperimentConfig, run: int, scenario: Scenario, frames: FrameStore,
+                 device: torch.device, out_dir: Path, progress: bool = True, stop_after: int | None = None):
+        self.cfg, self.run, self.scenario, self.frames = cfg, run, scenario, frames
+        self.device, self.dir, self.progress, self.stop_after = device, out_dir, progress, stop_after
+        fid = cfg.fidelity
+        self.fid = fid
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed * 1000 + run)   # the initial weights depend on (seed, run) only
+            self.model = MobileNetV1(fc_bias=fid.classifier_bias).to(device)
+        self.weights_info = load_weights(self.model, cfg.weights)
+        if fid.first_batch_brn_start == "zero" or self.weights_info["source"] == "random":
+            for brn in self.model.brn_layers().values():
+                brn.set_running_stats(torch.zeros(brn.num_features), torch.zeros(brn.num_features), 0.0, step=0)
+        fb = cfg.brn_first_batch
+        self.model.set_brn_config(BRNConfig(t0=fb.t0, t_r=fb.t_r, t_d=fb.t_d, r_max=fb.r_max, d_max=fb.d_max,
+                                            moving_fraction=0.99 if fb.moving_fraction is None else fb.moving_fraction))
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.method = make_method(cfg, self.model)
+        self.cumulative = bool(getattr(self.method, "cumulative", False))
+        self.split_layer = "pool6" if self.method.classifier_only else cfg.resolved_latent_layer
+        self.lower, self.upper = split(self.model, self.split_layer)
+        self.memory_layer = cfg.latent_layer if cfg.uses_latent else "data"
+        self.mem_lower = split(self.model, self.memory_layer)[0]
+        storage = "uint8_frames" if not cfg.uses_latent else cfg.latent_dtype
+        self.memory = ReplayMemory(cfg.replay_memory, storage, device) if cfg.memory_in_use else None
+        self.rng = np.random.default_rng([cfg.seed, run])
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.decay_only: list[torch.nn.Parameter] = []
+        self.batches_done = 0
+        self.global_iter = 0
+        self.rows: list[dict] = []
+        self.seen: set[int] = set()
+        self.test_cache: torch.Tensor | None = None
+        self._loss_sum = self._correct = self._rows_seen = self._iters = 0.0
+        test_idx = np.arange(len(scenario.test))
+        if fid.padded_test_set:
+            test_idx = pad_indices(len(scenario.test), cfg.test_minibatch)
+        self.test_frames = torch.from_numpy(frames.get([scenario.test.paths[i] for i in test_idx])).to(device)
+        self.test_labels = torch.from_numpy(scenario.test.labels[test_idx]).to(device)
+
+    # ---------------------------------------------------------------- helpers
+    def _rng(self):
+        """The generator for one shuffle or memory choice (B5: re-seeded to 0 each time)."""
+        return np.random.RandomState(0) if self.fid.reseed_rng_each_shuffle else self.rng
+
+    def _perm(self, n: int) -> np.ndarray:
+        return self._rng().permutation(n)
+
+    def _pre(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        return preprocess(frames_u8, self.cfg.preprocessing, channels_last=self.cfg.channels_last)
+
+    @property
+    def lower_frozen_eval(self) -> bool:
+        """Whether the lower part is a fixed function in incremental batches (eval mode, no drift)."""
+        return self.batches_done >= 1 and self.split_layer != "data" and not self.fid.lower_drift
+
+    def _set_modes(self, batch_index: int) -> None:
+        self.model.train()
+        if batch_index > 0 and not self.fid.lower_drift:
+            self.lower.eval()
+
+    def _incremental_brn(self) -> BRNConfig:
+        s, w = self.cfg.brn_incremental, self.cfg.resolved_past_weight
+        lam = s.moving_fraction if s.moving_fraction is not None else 1.0 - 1.0 / w
+        return BRNConfig(t0=s.t0, t_r=s.t_r, t_d=s.t_d, r_max=s.r_max, d_max=s.d_max, moving_fraction=lam)
+
+    def _enter_incremental(self) -> None:
+        """The switch at batch 1 (spec §5.5): incremental BRN settings and past-weight rescale."""
+        self.model.set_brn_config(self._incremental_brn())
+        self.model.rescale_brn_past_weight(self.cfg.resolved_past_weight)
+
+    def _build_optimizer(self, batch_index: int) -> None:
+        cfg = self.cfg
+        mults = self.method.lr_mults(batch_index)
+        base = cfg.lr_first_batch if batch_index == 0 else cfg.resolved_lr
+        # split() keeps the model's attribute names, so the lower part's names are the model's
+        below = {n for n, _ in self.lower.named_parameters()} if batch_index > 0 else set()
+        params = dict(self.model.named_parameters())
+        groups: dict[tuple[float, float], list] = {}
+        self.decay_only = []
+        for kind, names in param_names_by_kind(self.model).items():
+            lr = base * mults[kind]
+            for n in names:
+                p = params[n]
+                if lr == 0:
+                    p.requires_grad_(False)
+                    continue
+                if n in below:
+                    p.requires_grad_(False)
+                    if self.fid.lower_drift and DECAY_MULTS[kind] > 0:
+                        self.decay_only.append(p)
+                        groups.setdefault((lr, DECAY_MULTS[kind]), []).append(p)
+                    continue
+                p.requires_grad_(True)
+                groups.setdefault((lr, DECAY_MULTS[kind]), []).append(p)
+        self.optimizer = torch.optim.SGD(
+            [{"params": ps, "lr": lr, "decay": d} for (lr, d), ps in groups.items()],
+            lr=base, momentum=cfg.momentum, weight_decay=0.0)
+
+    def _apply_weight_decay(self) -> None:
+        wd = self.cfg.weight_decay
+        for group in self.optimizer.param_groups:
+            if group["decay"] == 0 or wd == 0:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    p.grad = p.detach() * (wd * group["decay"])
+                else:
+                    p.grad.add_(p.detach(), alpha=wd * group["decay"])
+
+    # ---------------------------------------------------------------- evaluation
+    @torch.inference_mode()
+    def evaluate(self) -> float:
+        self.model.eval()
+        chunk = max(self.cfg.test_minibatch, 256)
+        use_cache = self.cfg.cache_test_latents and self.lower_frozen_eval
+        correct = 0
+        if use_cache and self.test_cache is None:
+            shape_bytes = self._latent_bytes(self.split_layer) * len(self.test_labels)
+            if shape_bytes <= TEST_CACHE_LIMIT_BYTES:
+                self.test_cache = torch.cat([self.lower(self._pre(self.test_frames[i:i + chunk]))
+                                             for i in range(0, len(self.test_labels), chunk)])
+        for i in range(0, len(self.test_labels), chunk):
+            if use_cache and self.test_cache is not None:
+                logits = self.upper(self.test_cache[i:i + chunk])
+            else:
+                logits = self.model(self._pre(self.test_frames[i:i + chunk]))
+            correct += int((logits.argmax(1) == self.test_labels[i:i + chunk]).sum())
+        return correct / len(self.test_labels)
+
+    def _latent_bytes(self, layer: str) -> int:
+        from .models import latent_shape
+
+        return 4 * int(np.prod(latent_shape(layer, int(self.test_frames.shape[1]))))
+
+    def _log_eval(self, batch_index: int, kind: str, train_seconds: float, new_frames: int) -> dict:
+        t0 = time.perf_counter()
+        acc = self.evaluate()
+        self._sync()
+        row = {
+            "batch": batch_index, "kind": kind, "iteration": self.global_iter, "test_accuracy": acc,
+            "train_loss": self._loss_sum / max(self._iters, 1), "train_accuracy": self._correct / max(self._rows_seen, 1),
+            "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0, "new_frames": new_frames,
+            "classes_seen": len(self.seen), "memory_patterns": len(self.memory) if self.memory else 0,
+            "memory_bytes": self.memory.nbytes if self.memory else 0,
+        }
+        self._loss_sum = self._correct = self._rows_seen = self._iters = 0.0
+        self.rows.append(row)
+        return row
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ---------------------------------------------------------------- one batch
+    def _batch_patterns(self, b: int) -> tuple[list[str], np.ndarray]:
+        if self.cumulative:
+            paths = [p for fl in self.scenario.batches[: b + 1] for p in fl.paths]
+            labels = np.concatenate([fl.labels for fl in self.scenario.batches[: b + 1]])
+            return paths, labels
+        fl = self.scenario.batches[b]
+        return list(fl.paths), fl.labels
+
+    def train_batch(self, b: int) -> dict:
+        cfg, fid = self.cfg, self.fid
+        t_start = time.perf_counter()
+        # joint retrains like batch 0 (whole network, first-batch settings) on everything seen so far
+        phase = 0 if self.cumulative else b
+        if phase == 1:
+            self._enter_incremental()
+        if phase <= 1 or not fid.momentum_persists:
+            self._build_optimizer(phase)
+        paths, labels_np = self._batch_patterns(b)
+        new_frames = torch.from_numpy(self.frames.get(paths)).to(self.device)
+        new_labels = torch.from_numpy(labels_np).to(self.device)
+        self.seen.update(int(c) for c in np.unique(labels_np))
+        mixing = self.memory is not None and b > 0 and len(self.memory) > 0
+        n_mem = len(self.memory) if mixing else 0
+        sched = plan_batch(len(paths), n_mem, minibatch=cfg.minibatch,
+                           epochs=cfg.epochs_first_batch if b == 0 else cfg.epochs,
+                           pad=fid.pad_training_like_caffe, count_memory=cfg.uses_replay, perm=self._perm)
+        count_labels = torch.cat([new_labels, self.memory.labels]) if mixing else new_labels
+        self.method.before_batch(b, count_labels)
+        self._set_modes(phase)
+        incremental_split = phase > 0 and self.split_layer != "data"
+        native = self.memory is not None and not cfg.uses_latent
+        feats = None
+        if incremental_split and not native and cfg.precompute_lower and self.lower_frozen_eval:
+            with torch.inference_mode():
+                feats = torch.cat([self.lower(self._pre(new_frames[i:i + 256])) for i in range(0, len(paths), 256)])
+            feats = feats.clone()
+        capture = (cfg.uses_latent and fid.stored_latents == "train_epoch0" and b > 0 and self.memory is not None)
+        epoch0 = {} if capture else None
+        for it in range(sched.iterations):
+            rows = sched.new_rows(it)
+            idx = torch.as_tensor(rows, device=self.device)
+            y = new_labels[idx]
+            m_x = m_y = None
+            if mixing and sched.k_mem:
+                m_x, m_y = self.memory.get(sched.mem_rows(it))
+                y = torch.cat([y, m_y])
+            if not incremental_split:
+                x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
+                out = self.model(self._pre(x))
+            elif native:
+                x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
+                with torch.no_grad():
+                    h = self.lower(self._pre(x))
+                out = self.upper(h)
+            else:
+                if feats is not None:
+                    h = feats[idx]
+                else:
+                    with torch.no_grad():
+                        h = self.lower(self._pre(new_frames[idx]))
+                if capture and it < sched.new_chunks:
+                    start = (it % sched.new_chunks) * sched.k_new
+                    epoch0[start] = h.detach().clone()
+                if m_x is not None:
+                    h = torch.cat([h, m_x.to(h.dtype)])
+                out = self.upper(h)
+            loss = F.cross_entropy(out, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.method.after_backward()
+            self._apply_weight_decay()
+            self.method.adjust_gradients()
+            self.optimizer.step()
+            self.method.after_step()
+            self.global_iter += 1
+            self._loss_sum += float(loss.detach())
+            self._correct += float((out.detach().argmax(1) == y).sum())
+            self._rows_seen += len(y)
+            self._iters += 1
+            if b == 0 and self.global_iter == 1 and fid.eval_at_iteration_1:
+                self._sync()
+                self._log_eval(0, "iteration_1", time.perf_counter() - t_start, len(paths))
+                self._set_modes(b)
+        self.method.after_training(b)
+        if self.memory is not None and not self.cumulative:
+            self._update_memory(b, sched, new_frames, new_labels, feats, epoch0)
+        self._sync()
+        train_seconds = time.perf_counter() - t_start
+        return self._log_eval(b, "batch", train_seconds, len(paths))
+
+    @torch.no_grad()
+    def _update_memory(self, b, sched, new_frames, new_labels, feats, epoch0) -> None:
+        cfg, fid = self.cfg, self.fid
+        cand = sched.new_order if fid.pad_training_like_caffe else np.arange(len(new_labels))
+        pick, keep = choose_update(self._rng(), self.memory.capacity, b, len(cand), len(self.memory))
+        rows = torch.as_tensor(cand[pick], device=self.device)
+        if not cfg.uses_latent:
+            patterns = new_frames[rows]
+        elif fid.stored_latents == "train_epoch0":
+            patterns = self._epoch0_latents(b, sched, new_frames, epoch0)[torch.as_tensor(pick, device=self.device)]
+        elif feats is not None and self.memory_layer == self.split_layer:
+            patterns = feats[rows]
+        else:
+            self.model.eval()
+            with torch.inference_mode():
+                patterns = torch.cat([self.mem_lower(self._pre(new_frames[rows[i:i + 256]]))
+                                      for i in range(0, len(rows), 256)]).clone()
+        self.memory.insert(patterns, new_labels[rows], keep)
+
+    def _epoch0_latents(self, b, sched, new_frames, epoch0) -> torch.Tensor:
+        """Latents of every padded position, as the original stores them (B11)."""
+        if b > 0:
+            chunks = []
+            for j in range(sched.new_chunks):   # chunks the first epoch did not reach: lower pass now
+                start = j * sched.k_new
+                if start not in epoch0:
+                    rows = torch.as_tensor(sched.new_order[start:start + sched.k_new], device=self.device)
+                    epoch0[start] = self.lower(self._pre(new_frames[rows]))
+                chunks.append(epoch0[start])
+            return torch.cat(chunks)
+        # batch 0: an extra training-mode pass over the padded, shuffled batch (updates BRN moments)
+        self.model.train()
+        k = self.cfg.minibatch
+        order = torch.as_tensor(sched.new_order, device=self.device)
+        return torch.cat([self.mem_lower(self._pre(new_frames[order[i:i + k]])) for i in range(0, len(order), k)])
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {
+            "format": "latent-replay-run-checkpoint", "version": __version__, "config": self.cfg.to_dict(),
+            "run": self.run, "batches_done": self.batches_done, "global_iter": self.global_iter,
+            "rows": self.rows, "seen": sorted(self.seen), "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+            "method": self.method.state_dict(), "memory": self.memory.state_dict() if self.memory else None,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def save_checkpoint(self) -> None:
+        path = self.dir / CHECKPOINT
+        tmp = path.with_name(f".{CHECKPOINT}.tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("format") != "latent-replay-run-checkpoint":
+            raise ConfigError(f"{path}: not a run checkpoint of this suite")
+        if _identity(state["config"]) != _identity(self.cfg.to_dict()):
+            raise ConfigError(f"{path}: checkpoint was written with a different configuration "
+                              "(use --force to start the run again)")
+        self.batches_done, self.global_iter = state["batches_done"], state["global_iter"]
+        self.rows, self.seen = state["rows"], set(state["seen"])
+        if self.batches_done >= 2 and not self.cumulative:   # batch 1 switched the BRN settings
+            self.model.set_brn_config(self._incremental_brn())
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        if self.memory is not None:
+            self.memory.load_state_dict(state["memory"])
+        self.rng.bit_generator.state = state["rng"]
+        if state["optimizer"] is not None and self.batches_done >= 1:
+            self._build_optimizer(0 if self.cumulative else self.batches_done)
+            if self.fid.momentum_persists:
+                self.optimizer.load_state_dict(state["optimizer"])
+
+    # ---------------------------------------------------------------- the run
+    def train(self) -> dict:
+        n = len(self.scenario) if self.cfg.max_batches is None else min(self.cfg.max_batches, len(self.scenario))
+        ckpt = self.dir / CHECKPOINT
+        if ckpt.is_file():
+            self.load_checkpoint(ckpt)
+            log.info("run %d: resuming after batch %d of %d", self.run, self.batches_done - 1, n)
+        bar = tqdm(total=n, initial=self.batches_done, desc=f"run {self.run}", unit="batch",
+                   disable=not self.progress)
+        with bar:
+            for b in range(self.batches_done, n):
+                row = self.train_batch(b)
+                self.batches_done = b + 1
+                write_metrics(self.dir / "metrics.csv", self.rows)
+                self.save_checkpoint()
+                bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", refresh=False)
+                bar.update(1)
+                log.debug("run %d batch %d: acc %.4f loss %.4f (%.2fs train, %.2fs eval)", self.run, b,
+                          row["test_accuracy"], row["train_loss"], row["train_seconds"], row["eval_seconds"])
+                if self.stop_after is not None and b + 1 >= self.stop_after and b + 1 < n:
+                    raise KeyboardInterrupt(f"stopped after batch {b} (stop_after)")
+        accs = [r["test_accuracy"] for r in self.rows if r["kind"] == "batch"]
+        summary = {
+            "experiment": self.cfg.experiment_name, "run": self.run, "finished": True, "batches": n,
+            "final_accuracy": accs[-1], "average_accuracy": float(np.mean(accs)),
+            "train_seconds": float(sum(r["train_seconds"] for r in self.rows)),
+            "eval_seconds": float(sum(r["eval_seconds"] for r in self.rows)),
+            "iterations": self.global_iter, "memory_bytes": self.memory.nbytes if self.memory else 0,
+            "device": str(self.device), "torch": torch.__version__, "suite": __version__,
+            "weights": self.weights_info["source"], "fidelity": self.cfg.describe_fidelity(),
+            "config": self.cfg.to_dict(),
+        }
+        write_json(self.dir / "summary.json", summary)
+        return summary
+
+
+#: Config keys that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", "precompute_lower",
+                     "cache_test_latents", "channels_last")
+
+
+def _identity(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+
+
+# ------------------------------------------------------------------------------------- experiment
+class Trainer:
+    """Runs the requested runs of one experiment config; validates all inputs before training."""
+
+    def __init__(self, cfg: ExperimentConfig, *, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        if cfg.replay == "generative":
+            raise ConfigError("replay: 'generative' (GLR) is not available in this version of the trainer")
+        self.device = resolve_device(cfg.device)
+        self.root = open_root(cfg.dataset_root)
+        if cfg.weights is not None and not Path(cfg.weights).is_file():
+            raise ConfigError(f"weights: {cfg.weights}: no such file")
+        self.scenarios = {r: load_scenario(cfg.filelists, cfg.scenario, r, reduced_test=cfg.test_list == "reduced",
+                                           images_dir=self.root.images_dir) for r in cfg.runs}
+        self._check_weights()
+        paths = {p for sc in self.scenarios.values() for fl in (*sc.batches, sc.test) for p in fl.paths}
+        self.frames = load_frames(self.root.images_dir, paths, cache_dir=cfg.cache_dir, progress=progress)
+        self.experiment_dir = Path(cfg.out) / cfg.experiment_name
+
+    def _check_weights(self) -> None:
+        if self.cfg.weights is None:
+            return
+        probe = MobileNetV1(fc_bias=self.cfg.fidelity.classifier_bias)
+        info = load_weights(probe, self.cfg.weights)
+        if info["preprocessing"] and info["preprocessing"] != self.cfg.preprocessing:
+            log.warning("weights %s expect %s preprocessing but the config uses %s (spec B15)",
+                        self.cfg.weights, info["preprocessing"], self.cfg.preprocessing)
+
+    def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
+        self.experiment_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(self.experiment_dir / CONFIG_FILE)
+        summaries = []
+        for r in self.cfg.runs:
+            d = run_dir(self.cfg.out, self.cfg.experiment_name, r)
+            if force and d.exists():
+                shutil.rmtree(d)
+            if (d / "summary.json").is_file():
+                log.info("run %d already finished in %s (use --force to train it again)", r, d)
+                continue
+            d.mkdir(parents=True, exist_ok=True)
+            rt = RunTrainer(self.cfg, r, self.scenarios[r], self.frames, self.device, d, self.progress, stop_after)
+            summary = rt.train()
+            summaries.append(summary)
+            log.info("run %d finished: final accuracy %.4f, average %.4f, %.1fs training", r,
+                     summary["final_accuracy"], summary["average_accuracy"], summary["train_seconds"])
+        aggregate_runs(self.experiment_dir)
+        return summaries

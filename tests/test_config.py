@@ -1,0 +1,87 @@
+"""ExperimentConfig: defaults, derived values, profiles and switches, JSON round trip, validation errors."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from latent_replay.config import (
+    PROFILE_SWITCHES, ConfigError, ExperimentConfig, Fidelity, profile_fidelity,
+)
+
+
+def test_defaults_and_derived_values():
+    c = ExperimentConfig()
+    assert (c.method, c.scenario, c.replay, c.latent_layer, c.replay_memory) == ("ar1free", 391, "latent", "conv5_4/dw", 1500)
+    assert c.runs == [0, 1, 2, 3, 4] and c.profile == "fixed" and c.fidelity == Fidelity()
+    assert c.resolved_lr == 0.0003 and c.resolved_classifier_lr_mult == 10 and c.resolved_past_weight == 20000
+    assert c.experiment_name == "ar1free_nicv2_391_latent_conv5_4dw_m1500"
+    n = ExperimentConfig(method="CWR", replay="no")  # the original launcher's spellings
+    assert (n.method, n.replay) == ("cwr", "none")
+    assert n.resolved_lr == 0.001 and n.resolved_classifier_lr_mult == 1 and n.resolved_past_weight == 10000
+    assert n.resolved_latent_layer == "data" and not n.memory_in_use
+    assert ExperimentConfig(replay="pure").resolved_past_weight == 10000
+
+
+def test_every_switch_differs_between_profiles():
+    fixed, caffe = dataclasses.asdict(profile_fidelity("fixed")), dataclasses.asdict(profile_fidelity("caffe"))
+    assert set(fixed) == set(PROFILE_SWITCHES["caffe"])
+    assert all(fixed[k] != caffe[k] for k in fixed)
+    assert ExperimentConfig(profile="caffe").fidelity == profile_fidelity("caffe")
+    # B1: the caffe profile keeps a memory even without replay
+    assert ExperimentConfig(replay="none", profile="caffe").memory_in_use
+
+
+def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
+    c = ExperimentConfig(profile="caffe", fidelity={"padded_test_set": False}, runs=[2], max_batches=5)
+    assert c.fidelity.padded_test_set is False and c.fidelity.eval_at_iteration_1 is True
+    data = c.to_dict()
+    assert data["fidelity"] == {"padded_test_set": False} and data["schema_version"] == 1
+    path = c.save(tmp_path / "exp_configuration.json")
+    assert json.loads(path.read_text())["profile"] == "caffe"
+    assert ExperimentConfig.load(path) == c
+    assert c.replace(profile="fixed").fidelity == Fidelity()
+    assert c.replace(fidelity={"lower_drift": False}).fidelity.padded_test_set is False
+    assert c.describe_fidelity()["importance_from"] == "updates"
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"methd": "cwr"}, "methd: unknown key"),
+    ({"fidelity": {"nope": True}}, "fidelity.nope: unknown key"),
+    ({"method": "XX"}, "method: 'XX' is not one of naive, joint, cwr, ar1, ar1free"),
+    ({"scenario": "391"}, "scenario: expected int, got str '391'"),
+    ({"scenario": 80}, "scenario: 80 is not one of 79, 196, 391"),
+    ({"lr": "fast"}, "lr: expected float or null, got str 'fast'"),
+    ({"replay_memory": 0}, "replay_memory: must be > 0, got 0"),
+    ({"runs": []}, "runs: must be a non-empty list"),
+    ({"latent_layer": "conv5_4"}, "latent_layer: 'conv5_4' is not one of data,"),
+    ({"fidelity": {"importance_from": "both"}}, "fidelity.importance_from: 'both' is not one of gradients, updates"),
+    ({"fidelity": {"lower_drift": "yes"}}, "fidelity.lower_drift: expected bool, got str 'yes'"),
+    ({"brn_first_batch": {"t0": 1}}, "brn_first_batch: missing key t_r"),
+    ({"method": "cwr", "replay": "latent"}, "latent_layer: CWR* trains only the classifier"),
+    ({"method": "joint", "replay": "native"}, "replay: the joint baseline sees all past data"),
+    ({"profile": "paper"}, "profile: 'paper' is not one of fixed, caffe"),
+    ({"schema_version": 99}, "schema_version: 99 is not supported"),
+])
+def test_rejections_name_the_key(data, message):
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig.from_dict(data, "exp.json")
+    assert str(err.value).startswith("exp.json: " + message)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        ExperimentConfig.load(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n"method": "cwr",\n}\n')
+    with pytest.raises(ConfigError, match=r"bad.json:3: not valid JSON"):
+        ExperimentConfig.load(bad)
+    bad.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected a JSON object, got list"):
+        ExperimentConfig.load(bad)
+
+
+def test_int_accepted_for_float_keys():
+    c = ExperimentConfig.from_dict({"epochs": 2, "lr": 1})
+    assert c.epochs == 2.0 and isinstance(c.epochs, float) and c.resolved_lr == 1.0

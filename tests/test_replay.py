@@ -1,0 +1,79 @@
+"""Replay memory: update-rule counts per batch, partial fill, storage dtypes and byte accounting."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from latent_replay.replay import ReplayMemory, choose_update, n_current
+
+
+def _fill(memory, batches, patterns_per_batch, shape=(4, 2, 2), seed=0):
+    rng = np.random.default_rng(seed)
+    for b in range(batches):
+        x = torch.rand(patterns_per_batch, *shape) + b
+        y = torch.full((patterns_per_batch,), b)
+        new, keep = choose_update(rng, memory.capacity, b, patterns_per_batch, len(memory))
+        memory.insert(x[new], y[new], keep)
+        yield b, new, keep
+
+
+def test_counts_per_batch_follow_m_over_b_plus_1():
+    m = ReplayMemory(1500, "float32")
+    for b, new, keep in _fill(m, 6, 300):
+        assert len(new) == min(1500 // (b + 1), 300)
+        counts = np.bincount(m.labels.numpy(), minlength=6)
+        assert counts[b] == len(new)  # exactly n_cur patterns of the current batch
+        assert len(m) == min(1500, 300 * (b + 1))  # partial fill until full (B4), then M
+    # after 6 batches of 300 with M = 1500: newest 250, the rest spread over older batches
+    assert counts[5] == 250 and counts.sum() == 1500
+    assert n_current(1500, 0, 3072) == 1500 and n_current(1500, 9, 300) == 150
+
+
+def test_memory_is_new_first_then_kept_slots():
+    m = ReplayMemory(4, "float32")
+    m.insert(torch.arange(4.0).view(4, 1), torch.tensor([0, 0, 0, 0]), np.zeros(0, np.int64))
+    m.insert(torch.tensor([[9.0]]), torch.tensor([1]), np.array([3, 0, 2]))
+    assert m.data.view(-1).tolist() == [9.0, 3.0, 0.0, 2.0] and m.labels.tolist() == [1, 0, 0, 0]
+
+
+@pytest.mark.parametrize("storage, bytes_per_value", [("float32", 4), ("float16", 2), ("uint8", 1)])
+def test_storage_dtypes_and_bytes(storage, bytes_per_value):
+    m = ReplayMemory(40, storage)
+    list(_fill(m, 3, 20))
+    x, y = m.get(np.arange(len(m)))
+    assert x.dtype == torch.float32 and x.shape == (40, 4, 2, 2)
+    values = 40 * 16
+    extra = 2 * 4 * 4 if storage == "uint8" else 0  # per-channel lo and scale
+    assert m.nbytes == values * bytes_per_value + 40 * 8 + extra
+
+
+def test_uint8_quantisation_error_and_range_growth():
+    torch.manual_seed(0)
+    m = ReplayMemory(8, "uint8")
+    a = torch.rand(4, 3, 5, 5)
+    m.insert(a, torch.zeros(4, dtype=torch.long), np.zeros(0, np.int64))
+    got, _ = m.get(np.arange(4))
+    step = (a.amax(dim=(0, 2, 3)) - a.amin(dim=(0, 2, 3))) / 255
+    assert torch.all((got - a).abs() <= step.view(1, 3, 1, 1) / 2 + 1e-6)
+    b = torch.rand(4, 3, 5, 5) * 10  # a wider range: stored codes are re-quantised
+    m.insert(b, torch.ones(4, dtype=torch.long), np.arange(4))
+    got, labels = m.get(np.arange(8))
+    wide = 10.0 / 255
+    assert labels.tolist() == [1] * 4 + [0] * 4
+    assert torch.all((got[:4] - b).abs() <= wide / 2 + 1e-5)
+    assert torch.all((got[4:] - a).abs() <= wide + 1e-5)
+
+
+def test_native_memory_keeps_uint8_frames_and_state_round_trip():
+    m = ReplayMemory(3, "uint8_frames")
+    frames = torch.randint(0, 255, (5, 8, 8, 3), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="native memory stores uint8 frames"):
+        m.insert(frames.float(), torch.zeros(5, dtype=torch.long), np.zeros(0, np.int64))
+    m.insert(frames[:3], torch.tensor([1, 2, 3]), np.zeros(0, np.int64))
+    assert m.nbytes == 3 * 8 * 8 * 3 + 3 * 8
+    other = ReplayMemory(3, "uint8_frames")
+    other.load_state_dict(m.state_dict())
+    assert torch.equal(other.data, frames[:3]) and other.labels.tolist() == [1, 2, 3]
+    with pytest.raises(ValueError, match="does not match the configuration"):
+        ReplayMemory(4, "uint8_frames").load_state_dict(m.state_dict())

@@ -1,0 +1,156 @@
+"""The trainer: minibatch plans (spec §5.2), the latent path, resume, result files, and learning."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from latent_replay.config import ConfigError, ExperimentConfig
+from latent_replay.data.nicv2 import inventory_from_root, write_nicv2
+from latent_replay.data.synthetic import write_synthetic_core50
+from latent_replay.train import RunTrainer, Trainer, pad_indices, plan_batch
+
+
+def _plan(n, m, pad, count_memory=True, epochs=4):
+    return plan_batch(n, m, minibatch=128, epochs=epochs, pad=pad, count_memory=count_memory,
+                      perm=np.random.default_rng(0).permutation)
+
+
+@pytest.mark.parametrize("pad", [True, False])
+@pytest.mark.parametrize("n, m, k_new, k_mem, new_len, mem_len, per_epoch", [
+    (2999, 0, 128, 0, 3072, 0, 24),        # batch 0
+    (300, 1500, 21, 107, 315, 1605, 15),   # NICv2-391
+    (600, 1500, 37, 91, 629, 1547, 17),    # NICv2-196
+    (1500, 1500, 64, 64, 1536, 1536, 24),  # NICv2-79
+    (300, 0, 128, 0, 384, 0, 3),           # NICv2-391 without replay
+])
+def test_spec_table_5_2(pad, n, m, k_new, k_mem, new_len, mem_len, per_epoch):
+    s = _plan(n, m, pad)
+    assert (s.k_new, s.k_mem, s.iters_per_epoch, s.iterations) == (k_new, k_mem, per_epoch, 4 * per_epoch)
+    if pad:  # padded to a multiple of the share by prepending duplicates
+        assert (len(s.new_order), len(s.mem_order)) == (new_len, mem_len)
+    else:    # every pattern once per epoch, no duplicates
+        assert sorted(s.new_order.tolist()) == list(range(n)) and len(s.mem_order) == m
+    seen = np.concatenate([s.new_rows(it) for it in range(s.iters_per_epoch)])
+    assert set(seen.tolist()) == set(range(n))  # one epoch visits every new pattern
+    assert all(len(s.new_rows(it)) + len(s.mem_rows(it)) <= 128 for it in range(s.iterations))
+
+
+def test_caffe_replay_when_none_sees_252_of_300():
+    s = _plan(300, 1500, pad=True, count_memory=False)  # B1: memory mixed in but not counted
+    assert (s.k_new, s.iterations) == (21, 12)
+    assert len(set(np.concatenate([s.new_rows(i) for i in range(12)]).tolist())) <= 252
+
+
+def test_pad_indices():
+    assert pad_indices(5, 4).tolist() == [0, 1, 2, 0, 1, 2, 3, 4]
+    assert pad_indices(8, 4).tolist() == list(range(8))
+
+
+# ------------------------------------------------------------------------------ tiny experiments
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """5 objects (one per category) x 11 sessions x 6 frames of 32x32, NICv2-391 run 0."""
+    base = tmp_path_factory.mktemp("tiny")
+    info = write_synthetic_core50(base / "core50", sessions=11, categories=5, objects_per_category=1, frames=6,
+                                  size=32, progress=False)
+    write_nicv2(base / "lists", inventory_from_root(info.out_dir / "core50_128x128"), scenarios=(391,), runs=(0, 1))
+    return base
+
+
+def _cfg(tiny, tmp_path, **kw):
+    base = dict(dataset_root=str(tiny / "core50"), filelists=str(tiny / "lists"), cache_dir=str(tiny / "cache"),
+                out=str(tmp_path / "results"), runs=[0], scenario=391, test_list="full", minibatch=32,
+                lr_first_batch=0.02, epochs_first_batch=100, lr=0.005, brn_past_weight=100.0,
+                brn_first_batch={"t0": 20, "t_r": 60, "t_d": 60, "r_max": 3.0, "d_max": 5.0, "moving_fraction": 0.9},
+                method="ar1free", replay="latent", replay_memory=60, device="cpu")
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+def test_latent_path_equals_full_network(tiny, tmp_path):
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=2)
+    trainer = Trainer(cfg, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt.train_batch(0)
+    rt.batches_done = 1
+    rt.train_batch(1)
+    rt.model.eval()
+    x = rt._pre(rt.test_frames[:8])
+    with torch.no_grad():
+        latent = rt.lower(x)
+        assert latent.shape[1:] == (512, 2, 2)  # conv5_4/dw at 32x32
+        empty = latent[:0]
+        assert torch.allclose(rt.upper(torch.cat([latent, empty])), rt.model(x), atol=1e-5)
+        assert rt.evaluate() == pytest.approx(
+            float((rt.model(rt._pre(rt.test_frames)).argmax(1) == rt.test_labels).float().mean()))
+
+
+def test_result_files_and_metrics(tiny, tmp_path):
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=3, runs=[0, 1], profile="caffe",
+               fidelity={"first_batch_brn_start": "pretrained"})
+    summaries = Trainer(cfg, progress=False).run_all()
+    exp = tmp_path / "results" / cfg.experiment_name
+    assert ExperimentConfig.load(exp / "exp_configuration.json") == cfg
+    m = pd.read_csv(exp / "run0" / "metrics.csv")
+    assert list(m.columns[:6]) == ["batch", "kind", "iteration", "test_accuracy", "train_loss", "train_accuracy"]
+    # caffe profile: the extra evaluation after iteration 1 (B7), then one row per batch
+    assert m["kind"].tolist() == ["iteration_1", "batch", "batch", "batch"] and m["iteration"].iloc[0] == 1
+    # caffe padding: batch 0 (30 frames) padded to 32 candidates; then min(M/(b+1), padded) new ones
+    # (batch 1: 6 frames, k_new 5 -> 10 padded; batch 2: k_new 4 -> 8) while the memory fills up
+    assert m["memory_patterns"].tolist() == [0, 32, 42, 50]
+    assert (m["memory_bytes"] == m["memory_patterns"] * (512 * 2 * 2 * 4 + 8)).all()
+    # padded test set (B6): 90 test frames padded to a multiple of 100 -> accuracies in 1/100 steps
+    assert all(abs(a * 100 - round(a * 100)) < 1e-9 for a in m["test_accuracy"])
+    s = json.loads((exp / "run1" / "summary.json").read_text())
+    assert s["finished"] and s["batches"] == 3 and s["fidelity"]["stored_latents"] == "train_epoch0"
+    agg = pd.read_csv(exp / "summary.csv")
+    assert agg["runs"].tolist() == [2, 2, 2, 2]
+    both = [pd.read_csv(exp / f"run{r}" / "metrics.csv")["test_accuracy"] for r in (0, 1)]
+    assert np.allclose(agg["test_accuracy_mean"], (both[0] + both[1]) / 2)
+    assert len(summaries) == 2
+    # a finished run is skipped unless --force
+    assert Trainer(cfg, progress=False).run_all() == []
+
+
+@pytest.mark.parametrize("profile", ["fixed", "caffe"])
+def test_resume_equals_uninterrupted(tiny, tmp_path, profile):
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=3, max_batches=5, profile=profile,
+               **({"fidelity": {"first_batch_brn_start": "pretrained"}} if profile == "caffe" else {}))
+    Trainer(cfg, progress=False).run_all()
+    cfg2 = cfg.replace(out=str(tmp_path / "interrupted"))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg2, progress=False).run_all(stop_after=2)
+    d = tmp_path / "interrupted" / cfg.experiment_name / "run0"
+    assert (d / "checkpoint.pt").is_file() and not (d / "summary.json").exists()
+    assert len(pd.read_csv(d / "metrics.csv").query("kind == 'batch'")) == 2
+    Trainer(cfg2, progress=False).run_all()
+    cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns", "memory_bytes"]
+    a = pd.read_csv(tmp_path / "results" / cfg.experiment_name / "run0" / "metrics.csv")[cols]
+    b = pd.read_csv(d / "metrics.csv")[cols]
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_bad_inputs_fail_before_training(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="generative"):
+        Trainer(_cfg(tiny, tmp_path, replay="generative"), progress=False)
+    with pytest.raises(ConfigError, match="weights: .*nope.pt: no such file"):
+        Trainer(_cfg(tiny, tmp_path, weights=str(tmp_path / "nope.pt")), progress=False)
+    with pytest.raises(Exception, match="no folder for NICv2-79 run 0"):
+        Trainer(_cfg(tiny, tmp_path, scenario=79), progress=False)
+    assert not (tmp_path / "results").exists()
+
+
+def test_learning_latent_replay_beats_naive_and_joint_beats_both(tiny, tmp_path):
+    """On a tiny NICv2-391-shaped stream: joint > AR1*-free + latent replay > naive (last 5 evaluations)."""
+    late = {}
+    for method, replay in (("naive", "none"), ("ar1free", "latent"), ("joint", "none")):
+        cfg = _cfg(tiny, tmp_path, method=method, replay=replay, max_batches=16)
+        Trainer(cfg, progress=False).run_all()
+        m = pd.read_csv(tmp_path / "results" / cfg.experiment_name / "run0" / "metrics.csv")
+        late[method] = m["test_accuracy"].iloc[-5:].mean()
+    assert late["ar1free"] > late["naive"] + 0.05, late
+    assert late["joint"] > late["ar1free"] + 0.05, late
