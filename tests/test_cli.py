@@ -69,13 +69,18 @@ def test_synth_command_and_demo(tmp_path, monkeypatch):
     r = run("synth", tmp_path / "bad", "--sessions", "12")
     assert r.exit_code == 1 and r.stderr.startswith("Error: sessions must be an integer in [1, 11]")
 
-    import latent_replay.cli as cli
-    monkeypatch.setattr(cli, "DEMO_DATASET", dict(sessions=11, categories=2, objects_per_category=2, frames=2, size=16))
+    import latent_replay.demo as demo
+    monkeypatch.setattr(demo, "DEMO_DATASET", dict(sessions=11, categories=2, objects_per_category=2, frames=2, size=32))
+    monkeypatch.setattr(demo, "DEMO_TRAINING", {**demo.DEMO_TRAINING, "epochs_first_batch": 2, "max_batches": 3})
     out = tmp_path / "demo"
     first = run("demo", "--out", out)
     assert first.exit_code == 0, first.output
     assert "NICv2-391 run 0: 31 batches, 64 train frames" in first.stdout
     assert (out / "batch_filelists" / "NICv2_79" / "run4" / "train_batch_00_filelist.txt").is_file()
-    assert "(decoded now)" in first.stdout
-    second = run("demo", "--out", out)  # reuses the dataset and the cache
-    assert second.exit_code == 0 and "(hit)" in second.stdout
+    table = first.stdout.split("experiment", 1)[1].splitlines()
+    assert table[1].startswith("ar1free_nicv2_391_latent_conv5_4dw_m300") and table[2].startswith("naive_nicv2_391_none")
+    for name in ("ar1free_nicv2_391_latent_conv5_4dw_m300", "naive_nicv2_391_none"):
+        assert len((out / "results" / name / "run0" / "metrics.csv").read_text().splitlines()) == 1 + 3
+    assert (out / "figures" / "fig1_accuracy_vs_batches.png").is_file() and (out / "figures" / "summary.md").is_file()
+    second = run("demo", "--out", out)  # reuses dataset, cache and finished runs
+    assert second.exit_code == 0 and second.stdout.split("experiment", 1)[1] == first.stdout.split("experiment", 1)[1]

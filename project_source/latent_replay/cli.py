@@ -206,39 +206,24 @@ def train(config_path, runs, device, out, force, no_progress):
     click.echo(f"results in {trainer.experiment_dir}")
 
 
-#: The synthetic dataset of the demo: 11 sessions x 20 objects (2 per category) x 16 frames, 128x128.
-DEMO_DATASET = dict(sessions=11, categories=10, objects_per_category=2, frames=16, size=128)
-
-
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_output"),
-              show_default=True, help="Folder for the synthetic dataset, filelists and cache.")
+              show_default=True, help="Folder for the synthetic dataset, filelists, cache, results and figures.")
 @click.option("--seed", default=0, show_default=True)
 def demo(out, seed):
-    """The embedded default: synthetic CORe50 → NICv2 filelists → scenario summary."""
-    from .data.nicv2 import inventory_from_root, load_scenario, write_nicv2
-    from .data.synthetic import write_synthetic_core50
+    """The embedded default: synthetic CORe50 -> AR1*-free + latent replay vs naive -> table and figures."""
+    from .demo import run_demo
 
-    root = out / "core50"
-    info = write_synthetic_core50(root, seed=seed, **DEMO_DATASET)
-    log.info("synthetic CORe50 ready: %d images in %s", info.n_images, root)
-    ds = open_root(root)
-    lists = out / "batch_filelists"
-    write_nicv2(lists, inventory_from_root(ds.images_dir), SCENARIOS, range(5), seed=seed, overwrite=True)
-    paths: set[str] = set()
-    for s in SCENARIOS:
-        sc = load_scenario(lists, s, 0, images_dir=ds.images_dir)
-        paths.update(p for fl in (*sc.batches, sc.test) for p in fl.paths)
-        click.echo(format_summary(sc))
-    store = load_frames(ds.images_dir, paths, cache_dir=out / "cache")
-    click.echo(f"frame cache: {len(store.paths)} frames, {store.nbytes / 1e6:.1f} MB "
-               f"({'hit' if store.from_cache else 'decoded now'}) in {store.cache_file}")
+    run_demo(out, seed, echo=click.echo)
 
 
 def _register_subcommands() -> None:
+    from .data.download_cli import download
+    from .figures import figures_command
     from .models.commands import weights
 
-    main.add_command(weights)
+    for command in (weights, download, figures_command):
+        main.add_command(command)
 
 
 _register_subcommands()
