@@ -85,3 +85,9 @@ def test_load_errors(tmp_path):
 def test_int_accepted_for_float_keys():
     c = ExperimentConfig.from_dict({"epochs": 2, "lr": 1})
     assert c.epochs == 2.0 and isinstance(c.epochs, float) and c.resolved_lr == 1.0
+
+
+def test_latent_dtype_only_with_latent_replay():
+    assert ExperimentConfig(latent_dtype="uint8").experiment_name.endswith("_uint8")
+    with pytest.raises(ConfigError, match="latent_dtype: 'uint8' applies to latent replay only"):
+        ExperimentConfig(replay="native", latent_dtype="uint8")

@@ -154,3 +154,18 @@ def test_learning_latent_replay_beats_naive_and_joint_beats_both(tiny, tmp_path)
         late[method] = m["test_accuracy"].iloc[-5:].mean()
     assert late["ar1free"] > late["naive"] + 0.05, late
     assert late["joint"] > late["ar1free"] + 0.05, late
+
+
+def test_ar1_star_tracks_only_moving_weights_and_damps_them(tiny, tmp_path):
+    cfg = _cfg(tiny, tmp_path, method="ar1", epochs_first_batch=3, max_batches=3)
+    trainer = Trainer(cfg, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    for b in range(3):
+        rt.train_batch(b)
+        rt.batches_done = b + 1
+    imp = rt.method.importance
+    # batch 0 trains every conv; afterwards only the 1x1 convs above conv5_4/dw can move
+    assert set(imp.tau) == {"conv5_4_sep.conv.weight", "conv5_5_sep.conv.weight", "conv5_6_sep.conv.weight",
+                            "conv6_sep.conv.weight"}
+    assert float(imp.F["conv1.conv.weight"].max()) > 0  # importance from batch 0
+    assert all(float(f.max()) <= cfg.ar1_f_max * (1 + 1e-6) for f in imp.F.values())

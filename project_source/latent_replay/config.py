@@ -222,6 +222,9 @@ class ExperimentConfig:
         if self.method == "cwr" and self.replay in ("latent", "generative") and self.latent_layer != "pool6":
             raise ConfigError(f"latent_layer: CWR* trains only the classifier, so latent replay must use "
                               f"pool6, got {self.latent_layer!r}")
+        if self.latent_dtype != "float32" and not self.uses_latent:
+            raise ConfigError(f"latent_dtype: {self.latent_dtype!r} applies to latent replay only "
+                              f"(replay is {self.replay!r}); leave it float32")
         if self.method == "joint" and self.replay != "none":
             raise ConfigError(f"replay: the joint baseline sees all past data, replay must be 'none', got {self.replay!r}")
         if self.schema_version != SCHEMA_VERSION:

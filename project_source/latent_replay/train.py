@@ -214,6 +214,8 @@ class RunTrainer:
         self.optimizer = torch.optim.SGD(
             [{"params": ps, "lr": lr, "decay": d} for (lr, d), ps in groups.items()],
             lr=base, momentum=cfg.momentum, weight_decay=0.0)
+        in_optimizer = {id(p) for ps in groups.values() for p in ps}
+        self.method.set_moving({n for n, p in params.items() if id(p) in in_optimizer})
 
     def _apply_weight_decay(self) -> None:
         wd = self.cfg.weight_decay

@@ -119,10 +119,14 @@ class AR1Star(AR1Free):
         self.importance = Importance(tracked, c=cfg.ar1_c, xi=cfg.ar1_xi, f_max=cfg.ar1_f_max,
                                      mode=cfg.fidelity.importance_from)
         self.apply_scaling = not cfg.fidelity.ar1_as_ar1free
+        self.moving: set[str] | None = None
+
+    def set_moving(self, names: set[str]) -> None:
+        self.moving = names
 
     def before_batch(self, batch_index: int, labels: torch.Tensor) -> None:
         super().before_batch(batch_index, labels)
-        self.importance.start_batch()
+        self.importance.start_batch(self.moving)   # frozen weights cannot move: no bookkeeping
 
     def after_backward(self) -> None:
         self.importance.snapshot()

@@ -43,6 +43,9 @@ class Method:
         return {"conv1": 0.0, "depthwise": 0.0, "pointwise": shared, "scale": shared,
                 "fc_weight": self.cfg.resolved_classifier_lr_mult, "fc_bias": 0.0}
 
+    def set_moving(self, names: set[str]) -> None:
+        """The parameters the optimiser may change from now on (trainable or decay-only)."""
+
     def before_batch(self, batch_index: int, labels: torch.Tensor) -> None:
         """``labels``: every label trained on in this batch (new patterns and memory)."""
 
