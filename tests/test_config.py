@@ -91,3 +91,16 @@ def test_latent_dtype_only_with_latent_replay():
     assert ExperimentConfig(latent_dtype="uint8").experiment_name.endswith("_uint8")
     with pytest.raises(ConfigError, match="latent_dtype: 'uint8' applies to latent replay only"):
         ExperimentConfig(replay="native", latent_dtype="uint8")
+
+
+def test_glr_profile_and_overrides_round_trip():
+    c = ExperimentConfig(replay="generative", glr_profile="reference", glr={"pca_components": 64})
+    assert (c.glr.mode, c.glr.sampling, c.glr.nonneg, c.glr.pca_components) == ("joint", "buffer", "none", 64)
+    assert c.to_dict()["glr"] == {"pca_components": 64}
+    assert ExperimentConfig.from_dict(c.to_dict()) == c
+    assert c.experiment_name.endswith("_glr-joint-buffer_reference")
+    assert ExperimentConfig(replay="generative").glr.mode == "classcond"
+    with pytest.raises(ConfigError, match="glr.sampling: 'stream' is not one of buffer, on_the_fly"):
+        ExperimentConfig(replay="generative", glr={"sampling": "stream"})
+    with pytest.raises(ConfigError, match="glr.extra: unknown key"):
+        ExperimentConfig.from_dict({"glr": {"extra": 1}})

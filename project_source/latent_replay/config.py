@@ -123,6 +123,43 @@ class BRNSettings:
 
 
 @dataclass
+class GLRSettings:
+    """Generative latent replay (``replay = "generative"``, glr-spec §11-13).
+
+    ``glr_profile`` presets them: ``fixed`` (default: one model per class of each batch, so labels
+    are exact; samples clamped at 0) or ``reference`` (the GLR code: one diagonal GMM per batch with
+    one component per class, labels = component index, raw samples).
+    """
+
+    #: "classcond" (one mixture per class of each batch) or "joint" (one mixture per batch).
+    mode: str = "classcond"
+    n_components: int = 1
+    covariance_type: str = "diag"
+    reg_covar: float = 1e-6
+    max_iter: int = 100
+    tol: float = 1e-3
+    #: PCA to this many dimensions before fitting (null = none); useful for conv-layer latents.
+    pca_components: Optional[int] = None
+    #: "buffer" (materialised samples, refreshed with M/(b+1) rows per batch) or "on_the_fly"
+    #: (only the models are kept; fresh samples for every minibatch).
+    sampling: str = "buffer"
+    #: Post-ReLU latents are >= 0: "clamp" samples at 0, model "log1p", or "none".
+    nonneg: str = "clamp"
+
+
+GLR_PROFILES: dict[str, dict[str, Any]] = {
+    "fixed": {},
+    "reference": {"mode": "joint", "sampling": "buffer", "nonneg": "none"},
+}
+_GLR_CHOICES = {
+    "mode": ("classcond", "joint"),
+    "covariance_type": ("diag", "full", "tied", "spherical"),
+    "sampling": ("buffer", "on_the_fly"),
+    "nonneg": ("clamp", "log1p", "none"),
+}
+
+
+@dataclass
 class ExperimentConfig:
     """Everything one experiment needs. Unknown keys, wrong types and impossible combinations are rejected."""
 
@@ -177,11 +214,19 @@ class ExperimentConfig:
     profile: str = "fixed"
     #: The switches in force; None (or a dict of overrides) = the profile's switches.
     fidelity: Optional[Fidelity] = None
+    #: Generative latent replay: preset (fixed | reference) and its settings (None or overrides).
+    glr_profile: str = "fixed"
+    glr: Optional[GLRSettings] = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
         if self.fidelity is None:
             self.fidelity = {}
+        if self.glr is None:
+            self.glr = {}
+        if isinstance(self.glr, dict):
+            _choice("glr_profile", self.glr_profile, tuple(GLR_PROFILES))
+            self.glr = _build(GLRSettings, {**GLR_PROFILES[self.glr_profile], **self.glr}, "glr")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "fidelity" and isinstance(value, dict):
@@ -208,6 +253,12 @@ class ExperimentConfig:
         _choice("profile", self.profile, PROFILES)
         for key, choices in _CHOICES.items():
             _choice(f"fidelity.{key}", getattr(self.fidelity, key), choices)
+        for key, choices in _GLR_CHOICES.items():
+            _choice(f"glr.{key}", getattr(self.glr, key), choices)
+        if self.glr.n_components < 1:
+            raise ConfigError(f"glr.n_components: must be >= 1, got {self.glr.n_components}")
+        if self.glr.pca_components is not None and self.glr.pca_components < 1:
+            raise ConfigError(f"glr.pca_components: must be >= 1 or null, got {self.glr.pca_components}")
         if self.replay_memory <= 0:
             raise ConfigError(f"replay_memory: must be > 0, got {self.replay_memory}")
         if not self.runs or any((not isinstance(r, int)) or r < 0 for r in self.runs):
@@ -282,6 +333,10 @@ class ExperimentConfig:
             parts.append(f"m{self.replay_memory}")
             if self.uses_latent and self.latent_dtype != "float32":
                 parts.append(self.latent_dtype)
+        if self.replay == "generative":
+            parts.append(f"glr-{self.glr.mode}-{self.glr.sampling}")
+            if self.glr_profile != "fixed":
+                parts.append(self.glr_profile)
         if self.profile != "fixed":
             parts.append(self.profile)
         return "_".join(parts)
@@ -292,10 +347,16 @@ class ExperimentConfig:
         base = dataclasses.asdict(profile_fidelity(self.profile))
         return {k: v for k, v in dataclasses.asdict(self.fidelity).items() if base[k] != v}
 
+    def glr_overrides(self) -> dict:
+        """The GLR settings that differ from the GLR profile's."""
+        base = dataclasses.asdict(GLRSettings(**GLR_PROFILES[self.glr_profile]))
+        return {k: v for k, v in dataclasses.asdict(self.glr).items() if base[k] != v}
+
     def to_dict(self) -> dict:
-        """JSON-ready dict; ``fidelity`` holds only the overrides of the profile's switches."""
+        """JSON-ready dict; ``fidelity`` and ``glr`` hold only the overrides of their profiles."""
         data = dataclasses.asdict(self)
         data["fidelity"] = self.fidelity_overrides()
+        data["glr"] = self.glr_overrides()
         return data
 
     def describe_fidelity(self) -> dict:
@@ -334,6 +395,10 @@ class ExperimentConfig:
         data = self.to_dict()
         if "profile" in changes and "fidelity" not in changes:
             data["fidelity"] = {}
+        if "glr_profile" in changes and "glr" not in changes:
+            data["glr"] = {}
+        if isinstance(changes.get("glr"), dict) and "glr_profile" not in changes:
+            changes["glr"] = {**data["glr"], **changes["glr"]}
         if isinstance(changes.get("fidelity"), dict) and "profile" not in changes:
             changes["fidelity"] = {**data["fidelity"], **changes["fidelity"]}
         data.update(changes)
