@@ -135,8 +135,6 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, profile):
 
 
 def test_bad_inputs_fail_before_training(tiny, tmp_path):
-    with pytest.raises(ConfigError, match="generative"):
-        Trainer(_cfg(tiny, tmp_path, replay="generative"), progress=False)
     with pytest.raises(ConfigError, match="weights: .*nope.pt: no such file"):
         Trainer(_cfg(tiny, tmp_path, weights=str(tmp_path / "nope.pt")), progress=False)
     with pytest.raises(Exception, match="no folder for NICv2-79 run 0"):
@@ -169,3 +167,22 @@ def test_ar1_star_tracks_only_moving_weights_and_damps_them(tiny, tmp_path):
                             "conv6_sep.conv.weight"}
     assert float(imp.F["conv1.conv.weight"].max()) > 0  # importance from batch 0
     assert all(float(f.max()) <= cfg.ar1_f_max * (1 + 1e-6) for f in imp.F.values())
+
+
+@pytest.mark.parametrize("sampling", ["buffer", "on_the_fly"])
+def test_generative_latent_replay_runs_and_resumes(tiny, tmp_path, sampling):
+    cfg = _cfg(tiny, tmp_path, replay="generative", epochs_first_batch=3, max_batches=4, glr={"sampling": sampling})
+    Trainer(cfg, progress=False).run_all()
+    m = pd.read_csv(tmp_path / "results" / cfg.experiment_name / "run0" / "metrics.csv")
+    assert m["memory_patterns"].tolist() == [30, 36, 42, 48]  # + min(M/(b+1), 6 frames) new rows, M = 60
+    assert (m["memory_bytes"] > 0).all()
+    buffer_bytes = 48 * 512 * 2 * 2 * 4
+    if sampling == "on_the_fly":  # only the per-class Gaussians and the slot labels are kept
+        assert m["memory_bytes"].iloc[-1] < buffer_bytes
+    cfg2 = cfg.replace(out=str(tmp_path / "interrupted"))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg2, progress=False).run_all(stop_after=2)
+    Trainer(cfg2, progress=False).run_all()
+    b = pd.read_csv(tmp_path / "interrupted" / cfg.experiment_name / "run0" / "metrics.csv")
+    cols = ["test_accuracy", "train_loss", "memory_patterns"]
+    pd.testing.assert_frame_equal(m[cols], b[cols])

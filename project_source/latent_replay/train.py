@@ -139,8 +139,7 @@ class RunTrainer:
         self.lower, self.upper = split(self.model, self.split_layer)
         self.memory_layer = cfg.latent_layer if cfg.uses_latent else "data"
         self.mem_lower = split(self.model, self.memory_layer)[0]
-        storage = "uint8_frames" if not cfg.uses_latent else cfg.latent_dtype
-        self.memory = ReplayMemory(cfg.replay_memory, storage, device) if cfg.memory_in_use else None
+        self.memory = self._make_memory() if cfg.memory_in_use else None
         self.rng = np.random.default_rng([cfg.seed, run])
         self.optimizer: torch.optim.Optimizer | None = None
         self.decay_only: list[torch.nn.Parameter] = []
@@ -157,6 +156,19 @@ class RunTrainer:
         self.test_labels = torch.from_numpy(scenario.test.labels[test_idx]).to(device)
 
     # ---------------------------------------------------------------- helpers
+    def _make_memory(self):
+        cfg = self.cfg
+        if cfg.replay == "generative":
+            from .replay.generative import GenerativeReplay
+
+            g = cfg.glr
+            return GenerativeReplay(cfg.replay_memory, mode=g.mode, n_components=g.n_components,
+                                    covariance_type=g.covariance_type, reg_covar=g.reg_covar, max_iter=g.max_iter,
+                                    tol=g.tol, pca_components=g.pca_components, sampling=g.sampling,
+                                    nonneg=g.nonneg, device=self.device, seed=cfg.seed * 1000 + self.run)
+        storage = "uint8_frames" if not cfg.uses_latent else cfg.latent_dtype
+        return ReplayMemory(cfg.replay_memory, storage, self.device)
+
     def _rng(self):
         """The generator for one shuffle or memory choice (B5: re-seeded to 0 each time)."""
         return np.random.RandomState(0) if self.fid.reseed_rng_each_shuffle else self.rng
@@ -367,20 +379,34 @@ class RunTrainer:
     def _update_memory(self, b, sched, new_frames, new_labels, feats, epoch0) -> None:
         cfg, fid = self.cfg, self.fid
         cand = sched.new_order if fid.pad_training_like_caffe else np.arange(len(new_labels))
+        if cfg.replay == "generative":   # fit this batch's generators on the latents of all its patterns
+            every = np.arange(len(cand))
+            latents = self._memory_latents(b, sched, new_frames, feats, epoch0, cand, every)
+            self.memory.update(self._rng(), b, latents, new_labels[torch.as_tensor(cand, device=self.device)])
+            return
         pick, keep = choose_update(self._rng(), self.memory.capacity, b, len(cand), len(self.memory))
         rows = torch.as_tensor(cand[pick], device=self.device)
-        if not cfg.uses_latent:
-            patterns = new_frames[rows]
-        elif fid.stored_latents == "train_epoch0":
-            patterns = self._epoch0_latents(b, sched, new_frames, epoch0)[torch.as_tensor(pick, device=self.device)]
-        elif feats is not None and self.memory_layer == self.split_layer:
-            patterns = feats[rows]
+        if cfg.uses_latent:
+            patterns = self._memory_latents(b, sched, new_frames, feats, epoch0, cand, pick)
         else:
-            self.model.eval()
-            with torch.inference_mode():
-                patterns = torch.cat([self.mem_lower(self._pre(new_frames[rows[i:i + 256]]))
-                                      for i in range(0, len(rows), 256)]).clone()
+            patterns = new_frames[rows]
         self.memory.insert(patterns, new_labels[rows], keep)
+
+    def _memory_latents(self, b, sched, new_frames, feats, epoch0, cand, pick) -> torch.Tensor:
+        """Latents at the memory layer of the candidates ``cand[pick]`` (B11 decides which)."""
+        rows = torch.as_tensor(cand[pick], device=self.device)
+        if self.fid.stored_latents == "train_epoch0":
+            return self._epoch0_latents(b, sched, new_frames, epoch0)[torch.as_tensor(pick, device=self.device)]
+        if feats is not None and self.memory_layer == self.split_layer:
+            return feats[rows]
+        return self._eval_latents(new_frames[rows])
+
+    def _eval_latents(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        """Latents at the memory layer in eval mode with the current weights (B11 fixed)."""
+        self.model.eval()
+        with torch.inference_mode():
+            out = torch.cat([self.mem_lower(self._pre(frames_u8[i:i + 256])) for i in range(0, len(frames_u8), 256)])
+        return out.clone()
 
     def _epoch0_latents(self, b, sched, new_frames, epoch0) -> torch.Tensor:
         """Latents of every padded position, as the original stores them (B11)."""
@@ -489,8 +515,6 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, *, progress: bool = True):
         self.cfg = cfg
         self.progress = progress
-        if cfg.replay == "generative":
-            raise ConfigError("replay: 'generative' (GLR) is not available in this version of the trainer")
         self.device = resolve_device(cfg.device)
         self.root = open_root(cfg.dataset_root)
         if cfg.weights is not None and not Path(cfg.weights).is_file():
