@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.installed
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736
 DEMO_DIR ?= demo_output
 
-.PHONY: setup demo test clean help
+.PHONY: setup demo test clean help docker-test
 
 help:
 	@echo "make demo   - set up .venv if needed, then run the demo on a synthetic CORe50 (in $(DEMO_DIR)/)"
@@ -29,6 +29,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The container smoke test (slow, needs root): installs podman & co. from Debian when missing, then builds the
+# Dockerfile on a local Debian base and trains in the image (tests/test_docker.py, docs/launcher.md).
+DOCKER_TEST_DEBS = podman runc fuse-overlayfs slirp4netns uidmap debootstrap shellcheck
+docker-test: $(STAMP)
+	@dpkg -s $(DOCKER_TEST_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DOCKER_TEST_DEBS); }
+	$(PY) -m pytest -q -m slow tests/test_docker.py -rs $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

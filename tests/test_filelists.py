@@ -133,3 +133,11 @@ def test_parse_int_list():
         parse_int_list("a", name="--runs")
     with pytest.raises(ValueError, match="empty"):
         parse_int_list("4-2")
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    import os
+    write_filelist(tmp_path / "l.txt", [frame_path(1, 1, 0)], [0])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "l.txt").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -220,9 +220,10 @@ def demo(out, seed):
 def _register_subcommands() -> None:
     from .data.download_cli import download
     from .figures import figures_command
+    from .launch import prepare_command
     from .models.commands import weights
 
-    for command in (weights, download, figures_command):
+    for command in (weights, download, figures_command, prepare_command):
         main.add_command(command)
 
 

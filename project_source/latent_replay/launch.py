@@ -1,0 +1,619 @@
+"""``prepare_experiment.py``: the original launcher's command line, writing the trainer's config and a run script.
+
+    prepare_experiment.py METHOD SCENARIO REPLAY DB_PATH [--latent_layer L] [--replay_memory N]
+                          [--nvidia_docker old|new|nvidia-docker2|nvidia-container-toolkit] [options]
+    prepare_experiment.py list_layers
+
+The positional arguments and the three original options take exactly the original's values and are
+checked in the original's order (spec §2.1, items 1-14), with its message bugs fixed (§11 B17): every
+rejection is one line ``PROG: error: argument NAME: ...`` naming the accepted values, exit code 2, and
+nothing is written. New: METHOD ``NAIVE``/``JOINT``, REPLAY ``generative``, ``--runs``, ``--launcher``,
+``--device``, ``--profile``, ``--out``, ``--filelists``, ``--weights``, ``--image``, ``--max_batches``,
+``--set KEY=VALUE`` and ``--force``, checked after the original ones in that order.
+
+On success the experiment folder ``<out>/<experiment_name>/`` (where the trainer also writes
+``run<R>/``) receives ``exp_configuration.json`` (the trainer's :class:`ExperimentConfig`, with the
+paths the trainer will see: host paths for ``local``, container paths for ``docker``) and an executable
+``run_experiment.sh``; both are written atomically, and an existing experiment is replaced only with
+``--force``. A failing write exits with 1.
+
+The same command is ``latent-replay prepare`` (:data:`prepare_command`); ``run_experiments/prepare_experiment.py``
+is a shim calling :func:`main`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Optional, Sequence
+
+import click
+
+from . import __version__
+from .config import (LATENT_LAYERS, METHOD_ALIASES, METHOD_TITLES, PROFILES, REPLAY_ALIASES, ConfigError,
+                     ExperimentConfig)
+from .data.classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
+from .utils import parse_int_list
+
+PROG = "prepare_experiment.py"
+#: Same as ``results.CONFIG_FILE`` (not imported: that module pulls in pandas).
+CONFIG_FILE = "exp_configuration.json"
+RUN_SCRIPT = "run_experiment.sh"
+
+METHODS = ("CWR", "AR1S", "AR1F", "NAIVE", "JOINT")
+SCENARIOS = ("79", "196", "391")
+REPLAYS = ("no", "pure", "latent", "generative")
+#: Accepted ``--nvidia_docker`` spellings and the flavour they stand for (original item 7).
+NVIDIA_DOCKER = {"old": "old", "nvidia-docker2": "old", "new": "new", "nvidia-container-toolkit": "new"}
+#: How the run script passes the GPU to ``docker run`` (spec §2.2 item 3).
+GPU_OPTIONS = {"old": ("--runtime=nvidia",), "new": ("--gpus", "all")}
+#: The first-check script of each flavour (``docker/first_check_*.sh``).
+FIRST_CHECK = {"old": "first_check_nvidia-docker2.sh", "new": "first_check_nvidia-container-toolkit.sh"}
+LAUNCHERS = ("docker", "local")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_LAYER = "conv5_4/dw"
+DEFAULT_MEMORY = 1500
+DEFAULT_RUNS = "0-4"
+DEFAULT_OUT = "results"
+#: Keep freed memory instead of returning it to the kernel: roughly doubles PyTorch CPU throughput.
+GLIBC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
+#: Where the image expects things (the Dockerfile creates these folders).
+CONTAINER_DATASETS = "/datasets"
+CONTAINER_FILELISTS = "/filelists"
+CONTAINER_WEIGHTS = "/weights"
+CONTAINER_RESULTS = "/results"
+#: Config keys set by a dedicated argument (``--set`` refuses them and names the argument).
+MANAGED_KEYS = {
+    "method": "METHOD", "scenario": "SCENARIO", "replay": "REPLAY", "dataset_root": "DB_PATH",
+    "latent_layer": "--latent_layer", "replay_memory": "--replay_memory", "runs": "--runs",
+    "device": "--device", "profile": "--profile", "out": "--out", "filelists": "--filelists",
+    "weights": "--weights", "max_batches": "--max_batches", "schema_version": "(fixed)",
+}
+
+
+def default_image() -> str:
+    return f"latent-replay:{__version__}"
+
+
+def repo_root() -> Optional[Path]:
+    """The source checkout holding this package (``None`` for an installed copy)."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "run_experiments").is_dir() and (root / "docker").is_dir() else None
+
+
+class UsageError(Exception):
+    """A rejected argument: one line, exit code 2, nothing written."""
+
+    def __init__(self, argument: Optional[str], message: str):
+        super().__init__(f"argument {argument}: {message}" if argument else message)
+
+
+def _choices(values) -> str:
+    return ", ".join(values)
+
+
+def _invalid_choice(argument: str, value: str, choices) -> UsageError:
+    return UsageError(argument, f"invalid choice {value!r} (choose from {_choices(choices)})")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (raised, so that the caller decides what to print)."""
+
+    def error(self, message):
+        raise UsageError(None, f"{message} (see -h)")
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=prog, allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Prepare a latent-replay experiment: write <out>/<experiment>/exp_configuration.json\n"
+                    "and run_experiment.sh (trains in the Docker image, or locally with --launcher local).\n"
+                    f"'{prog} list_layers' prints the 15 latent layers.",
+        epilog="Examples:\n"
+               f"  {prog} AR1F 391 latent /data/core50 --latent_layer conv5_4/dw --nvidia_docker new\n"
+               f"  {prog} CWR 79 no /data/core50 --launcher local --runs 0-9 --device cpu\n"
+               "Every value is checked before anything is written (see docs/launcher.md).")
+    # Values are validated by validate() in the original's order, not by argparse (which would check
+    # options as they appear on the command line).
+    p.add_argument("method", metavar="METHOD", help=f"continual-learning method: {_choices(METHODS)}")
+    p.add_argument("scenario", metavar="SCENARIO", help=f"NICv2 scenario: {_choices(SCENARIOS)}")
+    p.add_argument("replay", metavar="REPLAY", help=f"replay: {_choices(REPLAYS)} (no = none, pure = native images)")
+    p.add_argument("db_path", metavar="DB_PATH", help=f"dataset root holding {LABELS_FILE} and {IMAGES_DIR}/")
+    o = p.add_argument_group("options of the original launcher")
+    o.add_argument("--latent_layer", "--latent-layer", metavar="L", default=None,
+                   help=f"latent replay layer (default {DEFAULT_LAYER}; pool6 for CWR); see list_layers")
+    o.add_argument("--replay_memory", "--replay-memory", metavar="N", default=None,
+                   help=f"replay memory size in patterns, > 0 (default {DEFAULT_MEMORY})")
+    o.add_argument("--nvidia_docker", "--nvidia-docker", metavar="FLAVOUR", default="old",
+                   help=f"how docker gets the GPU: {_choices(NVIDIA_DOCKER)} (default old: --runtime=nvidia; "
+                        "new: --gpus all)")
+    n = p.add_argument_group("new options")
+    n.add_argument("--runs", default=DEFAULT_RUNS, help=f"runs, a list or range such as 0-4, 0,2,4 (default {DEFAULT_RUNS})")
+    n.add_argument("--launcher", default="docker", help="docker (run in the image) or local (default docker)")
+    n.add_argument("--device", default="auto", help=f"{_choices(DEVICES)} (default auto)")
+    n.add_argument("--profile", default="fixed", help=f"fidelity profile: {_choices(PROFILES)} (default fixed)")
+    n.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"results folder; the experiment goes to DIR/<experiment>/ (default {DEFAULT_OUT})")
+    n.add_argument("--filelists", default=None, metavar="DIR",
+                   help="NICv2 filelists (official or generated; default DB_PATH/batch_filelists, "
+                        "else the repository's batch_filelists/)")
+    n.add_argument("--weights", default=None, metavar="FILE", help="ImageNet weights (default: random init)")
+    n.add_argument("--image", default=None, metavar="NAME:TAG", help=f"docker image (default {default_image()})")
+    n.add_argument("--max_batches", "--max-batches", default=None, metavar="N",
+                   help="stop each run after N batches (smoke tests)")
+    n.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config key (JSON value), e.g. --set epochs=1 --set fidelity.padded_test_set=true")
+    n.add_argument("--force", action="store_true", help="replace an experiment prepared before in the same folder")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ plan
+@dataclass
+class Mount:
+    host: Path
+    target: str
+    read_only: bool = True
+
+    @property
+    def spec(self) -> str:
+        return f"{self.host}:{self.target}{':ro' if self.read_only else ''}"
+
+
+@dataclass
+class Plan:
+    """Everything validated: the config to write and how the run script starts the trainer."""
+
+    config: ExperimentConfig
+    launcher: str
+    experiment_dir: Path
+    out_dir: Path
+    flavour: Optional[str] = None              # "old"/"new"; None = no GPU option (device cpu) or local
+    image: str = ""
+    mounts: list = field(default_factory=list)
+    info: list = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.experiment_dir / CONFIG_FILE
+
+    @property
+    def script_path(self) -> Path:
+        return self.experiment_dir / RUN_SCRIPT
+
+    @property
+    def trainer_config(self) -> str:
+        """The config file as the trainer sees it."""
+        if self.launcher == "docker":
+            return f"{CONTAINER_RESULTS}/{self.config.experiment_name}/{CONFIG_FILE}"
+        return str(self.config_path)
+
+
+def _inside(path: Path, root: Path) -> Optional[str]:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return None
+
+
+def _parse_set(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError("--set", f"{text!r} is not KEY=VALUE (e.g. epochs=1 or fidelity.padded_test_set=true)")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def _apply_sets(data: dict, sets: Sequence[str]) -> None:
+    known = {f.name for f in fields(ExperimentConfig)}
+    for text in sets:
+        key, value = _parse_set(text)
+        top, _, sub = key.partition(".")
+        if top in MANAGED_KEYS:
+            raise UsageError("--set", f"{top!r} is set by {MANAGED_KEYS[top]}, not --set")
+        if top not in known:
+            raise UsageError("--set", f"unknown config key {top!r} (the keys of ExperimentConfig, "
+                                      "latent_replay/config.py)")
+        if sub:
+            nested = data.get(top)
+            if not isinstance(nested, dict):
+                nested = {}
+            data[top] = {**nested, sub: value}
+        else:
+            data[top] = value
+
+
+def _check_dataset(db_path: str) -> Path:
+    """Original items 4-6: the folder, the labels file, the image folder."""
+    what = f"expected a CORe50 root holding {LABELS_FILE} and {IMAGES_DIR}/"
+    db = Path(db_path).expanduser()
+    if not db.exists():
+        raise UsageError("DB_PATH", f"{db_path!r} does not exist ({what})")
+    if not db.is_dir():
+        raise UsageError("DB_PATH", f"{db_path!r} is not a folder ({what})")
+    db = db.resolve()
+    labels = db / LABELS_FILE
+    if not labels.is_file():
+        raise UsageError("DB_PATH", f"{labels} is missing ({what}; it lists the {NUM_CLASSES} object names)")
+    try:
+        names = [ln for ln in labels.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError("DB_PATH", f"{labels} cannot be read ({exc.__class__.__name__}: {exc})") from None
+    if len(names) != NUM_CLASSES:
+        raise UsageError("DB_PATH", f"{labels} has {len(names)} object names, expected {NUM_CLASSES}")
+    if not (db / IMAGES_DIR).is_dir():
+        raise UsageError("DB_PATH", f"{db / IMAGES_DIR} is missing ({what}; "
+                                    f"{IMAGES_DIR}/s<S>/o<O>/C_<ss>_<oo>_<fff>.png)")
+    return db
+
+
+def _default_filelists(db: Path) -> Path:
+    candidate = db / "batch_filelists"
+    if candidate.is_dir():
+        return candidate
+    root = repo_root()
+    return root / "batch_filelists" if root is not None else candidate
+
+
+def _check_filelists(path: Path, scenario: int, runs: list[int], images_dir: Path, db: Path) -> None:
+    from .data.filelists import FilelistError, PathIndex
+    from .data.nicv2 import load_scenario
+
+    hint = f"make them with: latent-replay filelists make {shlex.quote(str(db))} --out {shlex.quote(str(path))}"
+    if not path.is_dir():
+        raise UsageError("--filelists", f"{path} is not a folder of NICv2 filelists ({hint}, or pass --filelists DIR)")
+    index = PathIndex(images_dir)
+    try:
+        for run in runs:
+            sc = load_scenario(path, scenario, run)
+            for fl in (*sc.batches, sc.test):
+                index.check(fl)
+    except FilelistError as exc:
+        msg = str(exc)
+        if "no folder for NICv2" in msg:
+            msg += f" ({hint})"
+        raise UsageError("--filelists", msg) from None
+
+
+def _runs_text(runs: Sequence[int]) -> str:
+    parts, start = [], None
+    for i, r in enumerate(runs):
+        if start is None:
+            start = r
+        if i + 1 == len(runs) or runs[i + 1] != r + 1:
+            parts.append(str(start) if start == r else f"{start}-{r}")
+            start = None
+    return ",".join(parts)
+
+
+def validate(ns: argparse.Namespace) -> Plan:
+    """All checks, in the original's order (spec §2.1 items 1-14), then the new options."""
+    info: list[str] = []
+    # 1-3: method, scenario, replay
+    if ns.method not in METHODS:
+        raise _invalid_choice("METHOD", ns.method, METHODS)
+    if ns.scenario not in SCENARIOS:
+        raise _invalid_choice("SCENARIO", ns.scenario, SCENARIOS)
+    if ns.replay not in REPLAYS:
+        raise _invalid_choice("REPLAY", ns.replay, REPLAYS)
+    method, scenario, replay = METHOD_ALIASES[ns.method], int(ns.scenario), REPLAY_ALIASES[ns.replay]
+    latent = replay in ("latent", "generative")
+    # 4-6: dataset root, labels file, image folder
+    db = _check_dataset(ns.db_path)
+    # 7: docker flavour
+    if ns.nvidia_docker not in NVIDIA_DOCKER:
+        raise _invalid_choice("--nvidia_docker", ns.nvidia_docker, NVIDIA_DOCKER)
+    flavour = NVIDIA_DOCKER[ns.nvidia_docker]
+    # 8: latent layer name
+    layer = DEFAULT_LAYER if ns.latent_layer is None else ns.latent_layer
+    if layer not in LATENT_LAYERS:
+        raise _invalid_choice("--latent_layer", layer, LATENT_LAYERS)
+    # 9: an explicit layer needs a latent replay
+    if ns.latent_layer is not None and not latent:
+        raise UsageError("--latent_layer", f"only used with latent or generative replay (REPLAY is {ns.replay!r}; "
+                                           "leave the option out or choose REPLAY latent)")
+    # 10-11: CWR* trains only the classifier, so its latent replay is at pool6
+    if method == "cwr" and latent:
+        if ns.latent_layer is not None and layer != "pool6":
+            raise UsageError("--latent_layer", f"CWR trains only the classifier, so {ns.replay} replay must use "
+                                               f"pool6 (got {layer!r}; leave the option out or choose pool6)")
+        if ns.latent_layer is None:
+            layer = "pool6"
+            info.append(f"CWR with {ns.replay} replay: latent layer pool6 (the only one CWR* supports)")
+    # 12: memory size
+    if ns.replay_memory is None:
+        memory = DEFAULT_MEMORY
+    else:
+        try:
+            memory = int(ns.replay_memory)
+        except ValueError:
+            raise UsageError("--replay_memory", f"invalid int value {ns.replay_memory!r} (expected an integer > 0)") from None
+        if memory <= 0:
+            raise UsageError("--replay_memory", f"must be an integer > 0, got {memory}")
+    # 13: a memory without replay
+    if ns.replay_memory is not None and replay == "none":
+        raise UsageError("--replay_memory", "only used with replay (REPLAY is 'no'; choose pure, latent or generative)")
+    # 14 (info line, printed below only when a memory is in use) -- then the new rules and options
+    if method == "joint" and replay != "none":
+        raise UsageError("REPLAY", f"JOINT retrains on all the data seen so far and takes no replay "
+                                   f"(got {ns.replay!r}; choose no)")
+    try:
+        runs = parse_int_list(ns.runs, name="--runs")
+    except ValueError as exc:
+        raise UsageError("--runs", str(exc).split(": ", 1)[-1]) from None
+    if ns.launcher not in LAUNCHERS:
+        raise _invalid_choice("--launcher", ns.launcher, LAUNCHERS)
+    if ns.device not in DEVICES:
+        raise _invalid_choice("--device", ns.device, DEVICES)
+    if ns.profile not in PROFILES:
+        raise _invalid_choice("--profile", ns.profile, PROFILES)
+    docker = ns.launcher == "docker"
+    out_dir = Path(ns.out).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError("--out", f"{ns.out!r} is not a folder")
+    filelists = Path(ns.filelists).expanduser().resolve() if ns.filelists else _default_filelists(db)
+    _check_filelists(filelists, scenario, runs, db / IMAGES_DIR, db)
+    weights = None
+    if ns.weights is not None:
+        weights = Path(ns.weights).expanduser().resolve()
+        if not weights.is_file():
+            raise UsageError("--weights", f"{ns.weights!r} is not a file (a converted checkpoint, pytorchcv "
+                                          "state dict or .caffemodel; see models/README.md)")
+    image = ns.image if ns.image is not None else default_image()
+    if not image or any(c.isspace() for c in image) or image.startswith("-"):
+        raise UsageError("--image", f"{image!r} is not an image name (NAME[:TAG])")
+    max_batches = None
+    if ns.max_batches is not None:
+        try:
+            max_batches = int(ns.max_batches)
+        except ValueError:
+            raise UsageError("--max_batches", f"invalid int value {ns.max_batches!r} (expected an integer >= 1)") from None
+        if max_batches < 1:
+            raise UsageError("--max_batches", f"must be an integer >= 1, got {max_batches}")
+
+    # Paths as the trainer sees them.
+    mounts: list[Mount] = []
+    if docker:
+        for name, path in (("DB_PATH", db), ("--out", out_dir), ("--filelists", filelists), ("--weights", weights)):
+            if path is not None and ":" in str(path):
+                raise UsageError(name, f"{path}: docker -v cannot mount a path containing ':' (move it, or use "
+                                       "--launcher local)")
+        mounts.append(Mount(db, CONTAINER_DATASETS))
+        rel = _inside(filelists, db)
+        if rel is not None:
+            filelists_seen = f"{CONTAINER_DATASETS}/{rel}" if rel != "." else CONTAINER_DATASETS
+        else:
+            mounts.append(Mount(filelists, CONTAINER_FILELISTS))
+            filelists_seen = CONTAINER_FILELISTS
+        weights_seen = None
+        if weights is not None:
+            rel = _inside(weights, db)
+            if rel is not None:
+                weights_seen = f"{CONTAINER_DATASETS}/{rel}"
+            else:
+                weights_seen = f"{CONTAINER_WEIGHTS}/{weights.name}"
+                mounts.append(Mount(weights, weights_seen))
+        mounts.append(Mount(out_dir, CONTAINER_RESULTS, read_only=False))
+        paths = dict(dataset_root=CONTAINER_DATASETS, filelists=filelists_seen, weights=weights_seen,
+                     out=CONTAINER_RESULTS)
+    else:
+        paths = dict(dataset_root=str(db), filelists=str(filelists), weights=str(weights) if weights else None,
+                     out=str(out_dir))
+
+    data = dict(method=method, scenario=scenario, replay=replay, latent_layer=layer, replay_memory=memory,
+                runs=runs, device=ns.device, profile=ns.profile, max_batches=max_batches, **paths)
+    try:
+        ExperimentConfig.from_dict(dict(data), "configuration")
+    except ConfigError as exc:   # every combination rule above should have caught it first
+        raise UsageError(None, str(exc)) from None
+    if ns.sets:
+        _apply_sets(data, ns.sets)
+        try:
+            cfg = ExperimentConfig.from_dict(data, "configuration")
+        except ConfigError as exc:
+            raise UsageError("--set", str(exc).removeprefix("configuration: ")) from None
+    else:
+        cfg = ExperimentConfig.from_dict(data, "configuration")
+    if cfg.name is not None and (cfg.name in ("", ".", "..") or "/" in cfg.name or "\\" in cfg.name):
+        raise UsageError("--set", f"name: {cfg.name!r} is not a plain folder name")
+    if ns.replay_memory is None and cfg.memory_in_use:   # original item 14, now only when a memory is used
+        info.append(f"replay memory not given: {DEFAULT_MEMORY} patterns")
+
+    experiment_dir = out_dir / cfg.experiment_name
+    existing = [p for p in (experiment_dir / CONFIG_FILE, experiment_dir / RUN_SCRIPT) if p.exists()]
+    if existing and not ns.force:
+        raise UsageError("--force", f"{experiment_dir} already holds a prepared experiment ({existing[0].name}); "
+                                    "add --force to replace its configuration and run script (results are kept)")
+    gpu = docker and ns.device != "cpu"
+    return Plan(config=cfg, launcher=ns.launcher, experiment_dir=experiment_dir, out_dir=out_dir,
+                flavour=flavour if gpu else None, image=image if docker else "", mounts=mounts, info=info)
+
+
+# ------------------------------------------------------------------------------------ run scripts
+def describe(cfg: ExperimentConfig) -> str:
+    """One line: method, scenario, replay, memory, runs."""
+    if cfg.replay == "none":
+        replay = "no replay"
+    elif cfg.replay == "native":
+        replay = f"native replay, memory {cfg.replay_memory}"
+    else:
+        replay = f"{cfg.replay} replay at {cfg.latent_layer}, memory {cfg.replay_memory}"
+    return (f"{METHOD_TITLES[cfg.method]} on NICv2-{cfg.scenario}, {replay}, runs {_runs_text(cfg.runs)}, "
+            f"device {cfg.device}, profile {cfg.profile}")
+
+
+def trainer_command() -> tuple[list[str], dict[str, str]]:
+    """How the local run script starts the trainer: the console script next to this Python, or ``-m``."""
+    script = Path(sys.executable).parent / "latent-replay"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)], {}
+    return [sys.executable, "-m", "latent_replay.cli"], {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def _header(cfg: ExperimentConfig, how: str) -> list[str]:
+    return [
+        "#!/usr/bin/env bash",
+        f"# Experiment {cfg.experiment_name}:",
+        f"#   {describe(cfg)}.",
+        f"# Written by {PROG} (latent-replay {__version__}); {how}.",
+        "# Arguments are passed on to `latent-replay train`, e.g. --force (train finished runs again) or --runs 0.",
+        "set -euo pipefail",
+        "",
+    ]
+
+
+def render_docker_script(plan: Plan, repo: Optional[Path] = None) -> str:
+    """``docker run --rm`` of the image: GPU option, read-only data, writable results, the caller's uid/gid."""
+    cfg, q = plan.config, shlex.quote
+    if plan.flavour is None:
+        gpu_how, gpu_options = "no GPU (--device cpu)", []
+    else:
+        gpu_how = f"GPU via {'nvidia-docker2' if plan.flavour == 'old' else 'nvidia-container-toolkit'}"
+        gpu_options = [" ".join(GPU_OPTIONS[plan.flavour])]
+    lines = _header(cfg, f"trains in the image {plan.image}, {gpu_how}")
+    lines.insert(5, "# DOCKER=podman selects another docker-compatible command.")
+    lines += ['docker="${DOCKER:-docker}"', f"image={q(plan.image)}"]
+    if repo is not None:
+        lines += [f"checkout={q(str(repo))}"]
+        build = ("printf 'run_experiment.sh: image %s is not available to %s; build it with: %s build -t %s %q\\n' \\",
+                 '        "$image" "$docker" "$docker" "$image" "$checkout" >&2')
+    else:
+        build = ("printf 'run_experiment.sh: image %s is not available to %s; build it with: %s build -t %s "
+                 "<latent-replay checkout>\\n' \\", '        "$image" "$docker" "$docker" "$image" >&2')
+    lines += [
+        "",
+        'if ! "$docker" image inspect "$image" >/dev/null 2>&1; then',
+        f"    {build[0]}",
+        build[1],
+        "    exit 1",
+        "fi",
+        f"mkdir -p {q(str(plan.out_dir))}",
+        "tty=()",
+        "if [ -t 0 ] && [ -t 1 ]; then tty=(-it); fi",
+        "",
+        "status=0",
+        '"$docker" run --rm ${tty[@]+"${tty[@]}"} \\',
+    ]
+    options = gpu_options + [
+        "--network none",
+        '--user "$(id -u):$(id -g)"',
+        f'-e "GLIBC_TUNABLES=${{GLIBC_TUNABLES:-{GLIBC_TUNABLES}}}"',
+        *(f"-v {q(m.spec)}" for m in plan.mounts),
+        '"$image"',
+        f'train --config {q(plan.trainer_config)} "$@" || status=$?',
+    ]
+    continued = " \\"
+    lines += [f"    {opt}{continued if i < len(options) - 1 else ''}" for i, opt in enumerate(options)]
+    lines += ['if [ "$status" -ne 0 ]; then']
+    if plan.flavour is None:
+        lines += ["    printf 'run_experiment.sh: training failed (exit %s)\\n' \"$status\" >&2"]
+    elif repo is not None:
+        lines += ["    printf 'run_experiment.sh: training failed (exit %s); if the error is about the GPU or the nvidia "
+                  "runtime, run %q\\n' \\",
+                  f'        "$status" "$checkout/docker/{FIRST_CHECK[plan.flavour]}" >&2']
+    else:
+        lines += ["    printf 'run_experiment.sh: training failed (exit %s); if the error is about the GPU or the nvidia "
+                  f"runtime, run docker/{FIRST_CHECK[plan.flavour]} of the latent-replay checkout\\n' \"$status\" >&2"]
+    lines += ["fi", 'exit "$status"', ""]
+    return "\n".join(lines)
+
+
+def render_local_script(plan: Plan, command: Sequence[str], env: dict[str, str]) -> str:
+    """The same trainer command without a container."""
+    cfg, q = plan.config, shlex.quote
+    lines = _header(cfg, "runs the trainer on this machine")
+    lines.append(f'export GLIBC_TUNABLES="${{GLIBC_TUNABLES:-{GLIBC_TUNABLES}}}"')
+    for key, value in env.items():
+        lines.append(f'export {key}={q(value)}"${{{key}:+:${key}}}"')
+    lines += [f"exec {' '.join(q(c) for c in command)} train --config {q(plan.trainer_config)} \"$@\"", ""]
+    return "\n".join(lines)
+
+
+def render_script(plan: Plan) -> str:
+    if plan.launcher == "docker":
+        return render_docker_script(plan, repo_root())
+    command, env = trainer_command()
+    return render_local_script(plan, command, env)
+
+
+# ---------------------------------------------------------------------------------------- writing
+def write_plan(plan: Plan) -> None:
+    """Write the config and the run script atomically (temporary files in the folder, then rename)."""
+    plan.experiment_dir.mkdir(parents=True, exist_ok=True)
+    files = [(plan.config_path, plan.config.to_json(), 0o644), (plan.script_path, render_script(plan), 0o755)]
+    temps = []
+    try:
+        for path, text, mode in files:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                fh.write(text)
+            os.chmod(tmp, mode)
+        for (path, _, _), tmp in zip(files, temps):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+
+
+# -------------------------------------------------------------------------------------- entry points
+def _display(path: Path) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return rel if not rel.startswith("..") else str(path)
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    """Run the launcher; returns the exit code (0 ok, 1 write failure, 2 rejected argument)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["list_layers"]:
+        print("\n".join(LATENT_LAYERS))
+        return 0
+    try:
+        ns = build_parser(prog).parse_args(argv)
+        plan = validate(ns)
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:   # -h
+        return int(exc.code or 0)
+    try:
+        write_plan(plan)
+    except OSError as exc:
+        where = exc.filename or plan.experiment_dir
+        print(f"{prog}: error: cannot write the experiment to {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    for line in plan.info:
+        print(f"info: {line}")
+    print(f"experiment {plan.config.experiment_name}: {describe(plan.config)}")
+    print(f"wrote {_display(plan.config_path)}")
+    print(f"wrote {_display(plan.script_path)}")
+    if plan.launcher == "docker" and plan.flavour is not None:
+        print(f"first time on this machine? check the GPU with docker/{FIRST_CHECK[plan.flavour]}")
+    print(f"start it with: {shlex.quote(_display(plan.script_path))}")
+    return 0
+
+
+@click.command("prepare", add_help_option=False,
+               context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def prepare_command(ctx, args):
+    """Write an experiment's config and run script.
+
+    The same command as run_experiments/prepare_experiment.py, with the same arguments (-h lists them).
+    """
+    ctx.exit(main(list(args), prog="latent-replay prepare"))

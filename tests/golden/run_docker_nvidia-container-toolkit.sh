@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Experiment ar1free_nicv2_391_latent_conv5_4dw_m1500:
+#   AR1*-free on NICv2-391, latent replay at conv5_4/dw, memory 1500, runs 0-4, device auto, profile fixed.
+# Written by prepare_experiment.py (latent-replay @VERSION@); trains in the image latent-replay:@VERSION@, GPU via nvidia-container-toolkit.
+# Arguments are passed on to `latent-replay train`, e.g. --force (train finished runs again) or --runs 0.
+# DOCKER=podman selects another docker-compatible command.
+set -euo pipefail
+
+docker="${DOCKER:-docker}"
+image=latent-replay:@VERSION@
+checkout=/opt/latent-replay
+
+if ! "$docker" image inspect "$image" >/dev/null 2>&1; then
+    printf 'run_experiment.sh: image %s is not available to %s; build it with: %s build -t %s %q\n' \
+        "$image" "$docker" "$docker" "$image" "$checkout" >&2
+    exit 1
+fi
+mkdir -p '/home/me/my results'
+tty=()
+if [ -t 0 ] && [ -t 1 ]; then tty=(-it); fi
+
+status=0
+"$docker" run --rm ${tty[@]+"${tty[@]}"} \
+    --gpus all \
+    --network none \
+    --user "$(id -u):$(id -g)" \
+    -e "GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736}" \
+    -v '/data/core 50:/datasets:ro' \
+    -v /data/lists:/filelists:ro \
+    -v /data/w.pt:/weights/w.pt:ro \
+    -v '/home/me/my results:/results' \
+    "$image" \
+    train --config /results/ar1free_nicv2_391_latent_conv5_4dw_m1500/exp_configuration.json "$@" || status=$?
+if [ "$status" -ne 0 ]; then
+    printf 'run_experiment.sh: training failed (exit %s); if the error is about the GPU or the nvidia runtime, run %q\n' \
+        "$status" "$checkout/docker/first_check_nvidia-container-toolkit.sh" >&2
+fi
+exit "$status"
