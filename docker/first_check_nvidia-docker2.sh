@@ -6,48 +6,13 @@
 # DOCKER=podman (or another docker-compatible command) replaces docker. Exit code 0 when the GPU works.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-checkout="$(dirname "$here")"
-version="$(sed -n 's/^version *= *"\(.*\)"/\1/p' "$checkout/pyproject.toml" 2>/dev/null | head -n 1)"
-image="${1:-latent-replay:${version:-latest}}"
-docker="${DOCKER:-docker}"
 gpu_options=(--runtime=nvidia)
-name="$(basename "$0")"
-
-fail() {
-    printf '%s: FAILED: %s\n' "$name" "$1" >&2
-    shift
-    for hint in "$@"; do
-        printf '  - %s\n' "$hint" >&2
-    done
-    exit 1
-}
-
-command -v "$docker" >/dev/null 2>&1 ||
-    fail "'$docker' is not installed" "install Docker: https://docs.docker.com/engine/install/"
-"$docker" image inspect "$image" >/dev/null 2>&1 ||
-    fail "the image $image is not available to $docker" \
-        "build it: $docker build -t $image $(printf '%q' "$checkout")" \
-        "is the Docker daemon running, and may you use it? ($docker info)"
-
-echo "$name: $docker run --rm ${gpu_options[*]} $image check-gpu"
-status=0
-"$docker" run --rm "${gpu_options[@]}" "$image" check-gpu || status=$?
-case "$status" in
-    0)
-        echo "$name: OK: the image sees the GPU; prepare experiments with --nvidia_docker old (or nvidia-docker2)"
-        exit 0
-        ;;
-    3)
-        fail "the container started but PyTorch sees no CUDA device" \
-            "check the host driver: nvidia-smi must list the GPU" \
-            "the driver must support the CUDA version printed above (CUDA 13.0, the default image: driver >= 580; nvidia-smi shows it)" \
-            "the nvidia runtime must pass the GPU: docker info | grep -i runtime lists nvidia"
-        ;;
-    *)
-        fail "$docker could not start the container with ${gpu_options[*]} (exit $status; its message is above)" \
-            "install nvidia-docker2 (https://github.com/NVIDIA/nvidia-docker) and restart Docker: sudo systemctl restart docker" \
-            "unknown runtime nvidia: register it in /etc/docker/daemon.json (sudo nvidia-ctk runtime configure --runtime=docker) and restart Docker" \
-            "with only the NVIDIA Container Toolkit installed, run docker/first_check_nvidia-container-toolkit.sh and prepare with --nvidia_docker new"
-        ;;
-esac
+ok_message="prepare experiments with --nvidia_docker old (or nvidia-docker2)"
+cuda_hint="the nvidia runtime must pass the GPU: docker info | grep -i runtime lists nvidia"
+start_hints=(
+    "install nvidia-docker2 (https://github.com/NVIDIA/nvidia-docker) and restart Docker: sudo systemctl restart docker"
+    "unknown runtime nvidia: register it in /etc/docker/daemon.json (sudo nvidia-ctk runtime configure --runtime=docker) and restart Docker"
+    "with only the NVIDIA Container Toolkit installed, run docker/first_check_nvidia-container-toolkit.sh and prepare with --nvidia_docker new"
+)
+# shellcheck source=SCRIPTDIR/gpu_check_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_check_common.sh"
