@@ -1,0 +1,101 @@
+"""Smoke tests of the benchmark scripts in bench/: tiny sizes, JSON shape only (never speeds)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import compare_avalanche  # noqa: E402
+from synthetic_stream import StreamSpec, load_stream, materialise, render_stream  # noqa: E402
+
+
+def _run(script: str, *args: str, timeout: int = 600) -> dict:
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_stream_has_the_requested_shapes_and_is_deterministic(tmp_path):
+    spec = StreamSpec(size=16, first_frames=2, new_frames=5, incremental_batches=2, test_frames=7)
+    frames, index = render_stream(spec)
+    assert frames.shape == (20 + 10 + 30, 16, 16, 3) and frames.dtype == np.uint8   # test: 30 videos x 1 frame
+    assert [len(b["paths"]) for b in index["batches"]] == [20, 5, 5]
+    assert len(index["test"]["paths"]) == 7
+    b0 = index["batches"][0]
+    assert b0["paths"] == sorted(b0["paths"]) and set(b0["labels"]) == set(range(0, 50, 5))
+    for b in index["batches"][1:]:   # one video each: one session, one object
+        assert len({p.split("/")[0] for p in b["paths"]}) == 1 and len(set(b["labels"])) == 1
+    assert {p.split("/")[0] for p in index["test"]["paths"]} <= {"s3", "s7", "s10"}
+    again, _ = render_stream(spec)
+    assert np.array_equal(frames, again)
+
+    store, scenario = load_stream(materialise(spec, tmp_path))
+    assert len(scenario) == 3 and len(scenario.test) == 7
+    first = scenario.batches[1]
+    assert np.array_equal(store.get(first.paths[:1])[0], frames[index["batches"][1]["rows"][0]])
+    assert first.labels.tolist() == index["batches"][1]["labels"]
+
+
+def test_bench_trainer_quick_prints_the_figures():
+    out = _run("bench_trainer.py", "--quick", "--cases", "none,latent@conv5_4/dw", "--threads", "1")
+    assert out["benchmark"] == "trainer_incremental_batch" and out["sizes"]["quick"]
+    assert out["first_batch"]["rows"] == 80 and out["first_batch"]["train_img_s"] > 0
+    assert set(out["cases"]) == {"none", "latent@conv5_4/dw"}
+    lat = out["cases"]["latent@conv5_4/dw"]
+    for key in ("train_seconds", "train_img_s", "new_frames_s", "eval_seconds", "eval_first_seconds",
+                "eval_full_forward_seconds", "peak_rss_bytes", "memory_bytes"):
+        assert lat[key] > 0, key
+    assert lat["eval_cache_equal"] and lat["glibc_tuned"] and lat["split_layer"] == "conv5_4/dw"
+    assert lat["memory_patterns"] == 40 and lat["rows"] == 30 + 40   # one epoch: every new and memory row once
+    assert lat["memory_bytes"] == 40 * (512 * 2 * 2 * 4 + 8)        # conv5_4/dw at 32x32, float32 + labels
+    assert out["cases"]["none"]["memory_bytes"] == 0
+    assert "cache_test_latents_eval_speedup@conv5_4/dw" in out["derived"]
+    assert len(out["runs"]["none"]) == 1 and out["load"]["load1_max"] >= 0
+
+
+def test_bench_trainer_rejects_unknown_cases():
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_trainer.py"), "--cases", "nope"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "unknown case" in proc.stderr
+
+
+def test_compare_avalanche_our_side_quick():
+    out = _run("compare_avalanche.py", "--quick", "--sides", "ours", "--threads", "1")
+    ours = out["results"]["ours"]
+    assert out["sizes"]["incremental_batches"] == 2 and "ratios" not in out
+    assert len(ours["accuracy_per_batch"]) == 3 and 0 <= ours["final_accuracy"] <= 1
+    assert ours["incremental_img_s"] > 0 and ours["peak_rss_bytes"] > 0 and ours["memory_bytes"] > 0
+
+
+def test_compare_summary_and_ratios_from_runs():
+    def run(seconds, mismatch=None):
+        batches = [{"train_seconds": seconds, "rows": 100, "eval_seconds": 1.0, "test_accuracy": 0.5,
+                    "memory_bytes": 10} for _ in range(3)]
+        if mismatch is not None:
+            for b, m in zip(batches, mismatch):
+                b["replay_label_mismatch"] = m
+        return {"batches": batches, "peak_rss_bytes": 1000, "wall_seconds": 5.0}
+
+    s = compare_avalanche.summarise(run(2.0, [0.9, 0.0, 0.0]))
+    assert s["incremental_img_s"] == 50 and s["first_batch_img_s"] == 50
+    assert s["replay_label_mismatch_per_batch"] == [0.9, 0.0, 0.0]
+    assert "replay_label_mismatch_per_batch" not in compare_avalanche.summarise(run(1.0))
+    assert compare_avalanche._median([[1, 2], [3, 4], [5, 6]]) == [3, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (compare_avalanche.DEFAULT_VENV / ".installed").is_file(),
+                    reason="Avalanche venv not installed (bench/compare_avalanche.py creates it)")
+def test_compare_avalanche_both_sides_quick():
+    out = _run("compare_avalanche.py", "--quick", "--threads", "1", timeout=900)
+    assert out["versions"]["avalanche"]["avalanche"] == "0.6.0"
+    assert set(out["ratios"]) >= {"incremental_throughput_ours_over_avalanche", "peak_rss_ours_over_avalanche"}
+    assert len(out["results"]["avalanche"]["replay_label_mismatch_per_batch"]) == 3
