@@ -15,7 +15,7 @@ measures, with :class:`latent_replay.train.RunTrainer` itself:
   ``eval_full_forward_seconds``: the same evaluation with ``cache_test_latents`` off (the whole
   network on every test frame), and ``eval_cache_equal``: whether both gave the same accuracy;
 * ``peak_rss_bytes``: the peak resident set size of the process that ran the case (each case runs
-  in a fresh process, ``resource.getrusage``), ``memory_bytes`` / ``memory_patterns``: the replay
+  in a fresh process, ``VmHWM``), ``memory_bytes`` / ``memory_patterns``: the replay
   memory after the batch.
 
 Plus the first batch (``first_batch``): ``train_batch(0)`` on the ``--first-frames`` x 10 batch-0
@@ -50,7 +50,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -58,6 +57,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procstat import peak_rss, run_measured, worker_env
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "project_source"))
@@ -85,10 +86,6 @@ QUICK = dict(size=32, first_frames=8, new_frames=30, test_frames=60, memory=40, 
 
 
 # ----------------------------------------------------------------------------------------- child
-def _rss_peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
-
-
 def _base_config(args, work: Path):
     from latent_replay.config import ExperimentConfig
 
@@ -135,7 +132,7 @@ def child_first(args, work: Path) -> dict:
     return {"frames": len(scenario.batches[0]), "epochs": cfg.epochs_first_batch, "rows": rows,
             "train_seconds": row["train_seconds"], "train_img_s": rows / row["train_seconds"],
             "eval_seconds": row["eval_seconds"], "test_accuracy": row["test_accuracy"],
-            "peak_rss_bytes": _rss_peak()}
+            "peak_rss_bytes": peak_rss()}
 
 
 def child_case(args, work: Path, name: str) -> dict:
@@ -163,11 +160,11 @@ def child_case(args, work: Path, name: str) -> dict:
         rt._update_memory(0, sched0, frames0, torch.from_numpy(b0.labels), None, None)
         del frames0
     rt.batches_done = 1
-    rss_setup = _rss_peak()
+    rss_setup = peak_rss()
 
     row = rt.train_batch(1)
     rows = _rows(len(scenario.batches[1]), len(rt.memory) if rt.memory is not None else 0, cfg, cfg.epochs)
-    rss_train = _rss_peak()
+    rss_train = peak_rss()
     eval_s, acc = _timed(rt.evaluate, args.eval_reps)
     rt.cfg = cfg.replace(cache_test_latents=False)     # the same evaluation with the switch off
     full_s, acc_full = _timed(rt.evaluate, max(1, args.eval_reps // 2))
@@ -180,7 +177,7 @@ def child_case(args, work: Path, name: str) -> dict:
         "eval_cache_equal": bool(acc == acc_full), "test_accuracy": acc,
         "memory_patterns": row["memory_patterns"], "memory_bytes": row["memory_bytes"],
         "test_cache_bytes": int(rt.test_cache.numel() * rt.test_cache.element_size()) if rt.test_cache is not None else 0,
-        "peak_rss_setup_bytes": rss_setup, "peak_rss_train_bytes": rss_train, "peak_rss_bytes": _rss_peak(),
+        "peak_rss_setup_bytes": rss_setup, "peak_rss_train_bytes": rss_train, "peak_rss_bytes": peak_rss(),
         "split_layer": rt.split_layer, "test_frames": int(len(rt.test_labels)),
     }
 
@@ -205,40 +202,12 @@ def child_main(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------- parent
-def _cpu_busy_seconds() -> float:
-    """Busy CPU seconds of the whole machine so far (all cores, /proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]      # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def run_child(args, stage: str, tuned: bool, work: Path) -> dict:
-    env = dict(os.environ)
-    if tuned:
-        env["GLIBC_TUNABLES"] = TUNED_GLIBC
-    else:
-        env.pop("GLIBC_TUNABLES", None)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)            # cache bytecode in the work dir, not in the venv:
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")  # later cases start seconds faster
     result = work / f"result-{stage.replace('/', '_').replace('@', '_')}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", stage, "--work", str(work), "--result", str(result),
            "--stream", str(args.stream)] + args.passthrough
-    load = os.getloadavg()[0]
-    busy0, mine0, t0 = _cpu_busy_seconds(), _children_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"bench_trainer: case {stage!r} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
-    out = json.loads(result.read_text())
-    other = (_cpu_busy_seconds() - busy0) - (_children_cpu() - mine0)
-    out.update(wall_seconds=wall, load1_before=load, other_cores=max(0.0, other / wall))
-    print(f"  {stage:45s} {wall:6.1f}s  load {load:4.2f}  other cores {out['other_cores']:4.2f}", file=sys.stderr)
-    return out
+    return run_measured(cmd, worker_env(TUNED_GLIBC if tuned else None, work), result, f"case {stage!r}",
+                        "bench_trainer")
 
 
 def _median_dict(runs: list[dict]) -> dict:

@@ -7,7 +7,8 @@ ours, whichever reads "how many times better"):
   median over the incremental batches; also seconds per incremental batch;
 * first-batch training throughput (whole network learning);
 * evaluation seconds per batch on the test list (median over the incremental batches);
-* peak RSS of the process (``resource.getrusage``);
+* peak RSS of the process (``VmHWM``), and the peak RSS of the incremental batches alone (the
+  high-water mark is reset after batch 0's training and evaluation, ``bench/procstat.py``);
 * final test accuracy, and (Avalanche) how many of the replay labels it stored are wrong.
 
 Same data, sizes, hyperparameters, threads and allocator on both sides: the stream of
@@ -54,7 +55,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -62,6 +62,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from procstat import peak_rss, reset_peak_rss, run_measured, worker_env
 
 HERE = Path(__file__).resolve().parent
 TUNED_GLIBC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
@@ -72,10 +74,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Tiny sizes for smoke tests; 128x128 stays (Avalanche's MobilenetV1 ends in a fixed 4x4 average pool).
 QUICK = dict(size=128, first_frames=4, new_frames=16, test_frames=24, memory=24, minibatch=16, epochs=1.0,
              first_epochs=1.0, batches=2, reps=1)
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux: KiB
 
 
 # --------------------------------------------------------------------------------- our worker
@@ -101,6 +99,16 @@ def worker_ours(args) -> dict:
         preprocessing="imagenet", device="cpu", seed=args.seed, dataset_root=args.work, filelists=args.work,
         out=str(out_dir))
     rt = RunTrainer(cfg, 0, scenario, store, torch.device("cpu"), out_dir, progress=False)
+    train_batch, peaks = rt.train_batch, {}
+
+    def measured_batch(b):          # the peak RSS of batch 0 (whole network), then of the rest
+        row = train_batch(b)
+        if b == 0:
+            peaks["first"] = peak_rss()
+            reset_peak_rss()
+        return row
+
+    rt.train_batch = measured_batch
     rt.train()
     batches, n_mem = [], 0
     for b, row in enumerate(r for r in rt.rows if r["kind"] == "batch"):
@@ -112,7 +120,7 @@ def worker_ours(args) -> dict:
                         "test_accuracy": row["test_accuracy"], "memory_patterns": row["memory_patterns"],
                         "memory_bytes": row["memory_bytes"]})
         n_mem = row["memory_patterns"]
-    return {"batches": batches}
+    return {"batches": batches, "peak_rss_first_batch_bytes": peaks["first"], "peak_rss_incremental_bytes": peak_rss()}
 
 
 # --------------------------------------------------------------------------- Avalanche worker
@@ -202,6 +210,7 @@ def worker_avalanche(args) -> dict:
             super()._after_training_exp(**kw)
 
     torch.manual_seed(args.seed)
+    peaks = {}
     strategy = MeasuredAR1(
         lr=args.lr_first, inc_lr=args.lr, momentum=0.9, l2=0.0005, train_epochs=int(args.first_epochs),
         rm_sz=args.memory, train_mb_size=args.minibatch, eval_mb_size=args.minibatch, device="cpu",
@@ -216,12 +225,16 @@ def worker_avalanche(args) -> dict:
         metrics = strategy.eval(bench.test_stream)
         eval_s = time.perf_counter() - t0
         acc = next(v for k, v in metrics.items() if k.startswith("Top1_Acc_Stream"))
+        if b == 0:
+            peaks["first"] = peak_rss()
+            reset_peak_rss()
         batches.append({"train_seconds": train_s, "rows": counter.rows, "eval_seconds": eval_s,
                         "test_accuracy": float(acc), "memory_patterns": int(strategy.rm[0].shape[0]),
                         "memory_bytes": int(strategy.rm[0].numel() * strategy.rm[0].element_size()
                                             + strategy.rm[1].numel() * strategy.rm[1].element_size()),
                         "replay_label_mismatch": MeasuredAR1.mismatch[-1]})
-    return {"batches": batches, "avalanche": __import__("avalanche").__version__}
+    return {"batches": batches, "avalanche": __import__("avalanche").__version__,
+            "peak_rss_first_batch_bytes": peaks["first"], "peak_rss_incremental_bytes": peak_rss()}
 
 
 def worker_main(args) -> None:
@@ -232,7 +245,7 @@ def worker_main(args) -> None:
     # at construction, outside its timed batches; pay it here for both sides alike.
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     out = worker_ours(args) if args.worker == "ours" else worker_avalanche(args)
-    out.update(peak_rss_bytes=_peak_rss(), threads=torch.get_num_threads(), torch=torch.__version__,
+    out.update(peak_rss_bytes=max(peak_rss(), out["peak_rss_first_batch_bytes"]), threads=torch.get_num_threads(), torch=torch.__version__,
                glibc_tuned=os.environ.get("GLIBC_TUNABLES", "") == TUNED_GLIBC)
     Path(args.result).write_text(json.dumps(out))
 
@@ -254,39 +267,12 @@ def ensure_avalanche_venv(venv: Path) -> Path:
     return python
 
 
-def _cpu_busy_seconds() -> float:
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def run_worker(args, side: str, python: str, work: Path, rep: int) -> dict:
-    env = dict(os.environ)
-    if args.glibc == "tuned":
-        env["GLIBC_TUNABLES"] = TUNED_GLIBC
-    else:
-        env.pop("GLIBC_TUNABLES", None)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)            # cache bytecode in the work dir, not in the venvs
-    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     result = work / f"result-{side}-{rep}.json"
     cmd = [python, str(Path(__file__).resolve()), "--worker", side, "--work", str(work), "--stream", str(args.stream),
            "--result", str(result)] + args.passthrough
-    load = os.getloadavg()[0]
-    busy0, mine0, t0 = _cpu_busy_seconds(), _children_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"compare_avalanche: {side} worker failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
-    out = json.loads(result.read_text())
-    other = (_cpu_busy_seconds() - busy0) - (_children_cpu() - mine0)
-    out.update(wall_seconds=wall, load1_before=load, other_cores=max(0.0, other / wall))
-    print(f"  rep {rep} {side:10s} {wall:7.1f}s  load {load:4.2f}  other cores {out['other_cores']:4.2f}",
-          file=sys.stderr)
-    return out
+    return run_measured(cmd, worker_env(TUNED_GLIBC if args.glibc == "tuned" else None, work), result,
+                        f"rep {rep} {side} worker", "compare_avalanche")
 
 
 def summarise(run: dict) -> dict:
@@ -301,6 +287,7 @@ def summarise(run: dict) -> dict:
         "eval_seconds": statistics.median(b["eval_seconds"] for b in inc),
         "eval_seconds_per_batch": [b["eval_seconds"] for b in run["batches"]],
         "peak_rss_bytes": run["peak_rss_bytes"],
+        "peak_rss_incremental_bytes": run["peak_rss_incremental_bytes"],
         "memory_bytes": run["batches"][-1]["memory_bytes"],
         "final_accuracy": run["batches"][-1]["test_accuracy"],
         "accuracy_per_batch": [b["test_accuracy"] for b in run["batches"]],
@@ -404,6 +391,8 @@ def main(argv=None) -> dict:
             "first_batch_throughput_ours_over_avalanche": round(o["first_batch_img_s"] / a["first_batch_img_s"], 2),
             "eval_seconds_avalanche_over_ours": round(a["eval_seconds"] / o["eval_seconds"], 2),
             "peak_rss_ours_over_avalanche": round(o["peak_rss_bytes"] / a["peak_rss_bytes"], 3),
+            "peak_rss_incremental_ours_over_avalanche":
+                round(o["peak_rss_incremental_bytes"] / a["peak_rss_incremental_bytes"], 3),
             "final_accuracy_ours_minus_avalanche": round(o["final_accuracy"] - a["final_accuracy"], 4),
         }
     out["runs"] = per_run

@@ -73,6 +73,7 @@ def test_compare_avalanche_our_side_quick():
     assert out["sizes"]["incremental_batches"] == 2 and "ratios" not in out
     assert len(ours["accuracy_per_batch"]) == 3 and 0 <= ours["final_accuracy"] <= 1
     assert ours["incremental_img_s"] > 0 and ours["peak_rss_bytes"] > 0 and ours["memory_bytes"] > 0
+    assert 0 < ours["peak_rss_incremental_bytes"] <= ours["peak_rss_bytes"]
 
 
 def test_compare_summary_and_ratios_from_runs():
@@ -82,10 +83,11 @@ def test_compare_summary_and_ratios_from_runs():
         if mismatch is not None:
             for b, m in zip(batches, mismatch):
                 b["replay_label_mismatch"] = m
-        return {"batches": batches, "peak_rss_bytes": 1000, "wall_seconds": 5.0}
+        return {"batches": batches, "peak_rss_bytes": 1000, "peak_rss_incremental_bytes": 400, "wall_seconds": 5.0}
 
     s = compare_avalanche.summarise(run(2.0, [0.9, 0.0, 0.0]))
     assert s["incremental_img_s"] == 50 and s["first_batch_img_s"] == 50
+    assert (s["peak_rss_bytes"], s["peak_rss_incremental_bytes"]) == (1000, 400)
     assert s["replay_label_mismatch_per_batch"] == [0.9, 0.0, 0.0]
     assert "replay_label_mismatch_per_batch" not in compare_avalanche.summarise(run(1.0))
     assert compare_avalanche._median([[1, 2], [3, 4], [5, 6]]) == [3, 4]
@@ -97,5 +99,6 @@ def test_compare_summary_and_ratios_from_runs():
 def test_compare_avalanche_both_sides_quick():
     out = _run("compare_avalanche.py", "--quick", "--threads", "1", timeout=900)
     assert out["versions"]["avalanche"]["avalanche"] == "0.6.0"
-    assert set(out["ratios"]) >= {"incremental_throughput_ours_over_avalanche", "peak_rss_ours_over_avalanche"}
+    assert set(out["ratios"]) >= {"incremental_throughput_ours_over_avalanche", "peak_rss_ours_over_avalanche",
+                                  "peak_rss_incremental_ours_over_avalanche"}
     assert len(out["results"]["avalanche"]["replay_label_mismatch_per_batch"]) == 3

@@ -1,6 +1,7 @@
 """Replay memory: update-rule counts per batch, partial fill, storage dtypes and byte accounting."""
 from __future__ import annotations
 
+import os
 import numpy as np
 import pytest
 import torch
@@ -77,3 +78,30 @@ def test_native_memory_keeps_uint8_frames_and_state_round_trip():
     assert torch.equal(other.data, frames[:3]) and other.labels.tolist() == [1, 2, 3]
     with pytest.raises(ValueError, match="does not match the configuration"):
         ReplayMemory(4, "uint8_frames").load_state_dict(m.state_dict())
+
+
+def _rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_release_free_memory_returns_freed_heap_to_the_kernel():
+    """With the Makefile's allocator setting glibc keeps freed blocks; release_free_memory gives them back."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, sys; sys.path.insert(0, 'tests'); from test_replay import _rss_bytes\n"
+        "from latent_replay.utils import release_free_memory\n"
+        "x = torch.ones(64 * 1024 * 1024); y = torch.ones(1); del x\n"
+        "before = _rss_bytes(); ok = release_free_memory(); after = _rss_bytes()\n"
+        "print(ok, before - after)\n")
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)))
+    ok, freed = out.stdout.split()
+    assert ok == "True"
+    assert int(freed) > 200 * 1024 * 1024     # the 256 MB tensor's pages, kept by glibc until the trim

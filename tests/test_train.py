@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -186,3 +187,21 @@ def test_generative_latent_replay_runs_and_resumes(tiny, tmp_path, sampling):
     b = pd.read_csv(tmp_path / "interrupted" / cfg.experiment_name / "run0" / "metrics.csv")
     cols = ["test_accuracy", "train_loss", "memory_patterns"]
     pd.testing.assert_frame_equal(m[cols], b[cols])
+
+
+def test_speed_switches_keep_the_metrics(tiny, tmp_path):
+    """Issue #8: the speed switches off (the plain path) give the metrics of the default fast path.
+
+    ``channels_last`` is left on: it changes every convolution's rounding, which a randomly initialised
+    network trained at a high rate amplifies over batches; its forward/backward equality is
+    ``test_mobilenet.py::test_channels_last``."""
+    cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns", "memory_bytes"]
+    fast = _cfg(tiny, tmp_path, epochs_first_batch=3, max_batches=3, inference_chunk=7)
+    plain = fast.replace(out=str(tmp_path / "plain"), precompute_lower=False, cache_test_latents=False,
+                         inference_chunk=1000, release_memory=False)
+    a, b = (pd.read_csv(Path(c.out) / c.experiment_name / "run0" / "metrics.csv")[cols]
+            for c in (fast, plain) if Trainer(c, progress=False).run_all() is not None)
+    exact = ["batch", "iteration", "test_accuracy", "memory_patterns", "memory_bytes"]
+    pd.testing.assert_frame_equal(a[exact], b[exact])
+    # the lower part once per batch vs once per minibatch: the same eval-mode function, other batch sizes
+    assert np.allclose(a["train_loss"], b["train_loss"], rtol=1e-3)

@@ -207,6 +207,12 @@ class ExperimentConfig:
     cache_test_latents: bool = True
     #: channels-last memory layout (1.3-1.7x faster convolutions on CPU).
     channels_last: bool = True
+    #: Frames per forward pass of the no-gradient passes (frozen lower part, memory latents, evaluation):
+    #: bounds their activation memory; eval-mode normalisation makes results independent of it.
+    inference_chunk: int = 64
+    #: Return freed heap memory to the kernel (glibc malloc_trim) after batch 0 and after the large
+    #: no-gradient passes, so incremental batches do not keep batch 0's activation memory resident.
+    release_memory: bool = True
     seed: int = 0
     out: str = "results"
     #: Experiment folder name under ``out``; None = derived from method, scenario, replay, layer, memory.
@@ -263,7 +269,7 @@ class ExperimentConfig:
             raise ConfigError(f"replay_memory: must be > 0, got {self.replay_memory}")
         if not self.runs or any((not isinstance(r, int)) or r < 0 for r in self.runs):
             raise ConfigError(f"runs: must be a non-empty list of run numbers >= 0, got {self.runs}")
-        for key in ("epochs_first_batch", "epochs", "lr_first_batch", "minibatch", "test_minibatch"):
+        for key in ("epochs_first_batch", "epochs", "lr_first_batch", "minibatch", "test_minibatch", "inference_chunk"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
         if self.max_batches is not None and self.max_batches < 1:

@@ -35,6 +35,7 @@ from .models import BRNConfig, MobileNetV1, param_names_by_kind, split
 from .models.weights import load_weights
 from .replay import ReplayMemory, choose_update
 from .results import CONFIG_FILE, aggregate_runs, run_dir, write_json, write_metrics
+from .utils import release_free_memory
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -152,10 +153,21 @@ class RunTrainer:
         test_idx = np.arange(len(scenario.test))
         if fid.padded_test_set:
             test_idx = pad_indices(len(scenario.test), cfg.test_minibatch)
-        self.test_frames = torch.from_numpy(frames.get([scenario.test.paths[i] for i in test_idx])).to(device)
+        self.test_paths = [scenario.test.paths[i] for i in test_idx]
+        # on a GPU the test frames stay on the device; on the CPU they are read from the frame store
+        # when an evaluation needs them (once the test latents are cached, no longer at all)
+        self._test_frames = None if device.type == "cpu" else self._read_test_frames()
         self.test_labels = torch.from_numpy(scenario.test.labels[test_idx]).to(device)
 
     # ---------------------------------------------------------------- helpers
+    def _read_test_frames(self) -> torch.Tensor:
+        return torch.from_numpy(self.frames.get(self.test_paths)).to(self.device)
+
+    @property
+    def test_frames(self) -> torch.Tensor:
+        """The test frames (uint8, N x H x W x 3), resident on a GPU, read on demand on the CPU."""
+        return self._test_frames if self._test_frames is not None else self._read_test_frames()
+
     def _make_memory(self):
         cfg = self.cfg
         if cfg.replay == "generative":
@@ -244,26 +256,27 @@ class RunTrainer:
     @torch.inference_mode()
     def evaluate(self) -> float:
         self.model.eval()
-        chunk = max(self.cfg.test_minibatch, 256)
+        chunk = self.cfg.inference_chunk
         use_cache = self.cfg.cache_test_latents and self.lower_frozen_eval
         correct = 0
         if use_cache and self.test_cache is None:
             shape_bytes = self._latent_bytes(self.split_layer) * len(self.test_labels)
             if shape_bytes <= TEST_CACHE_LIMIT_BYTES:
-                self.test_cache = torch.cat([self.lower(self._pre(self.test_frames[i:i + chunk]))
-                                             for i in range(0, len(self.test_labels), chunk)])
+                self.test_cache = self._lower_pass(self.lower, self.test_frames)
+        cached = use_cache and self.test_cache is not None
+        frames = None if cached else self.test_frames
         for i in range(0, len(self.test_labels), chunk):
-            if use_cache and self.test_cache is not None:
+            if cached:
                 logits = self.upper(self.test_cache[i:i + chunk])
             else:
-                logits = self.model(self._pre(self.test_frames[i:i + chunk]))
+                logits = self.model(self._pre(frames[i:i + chunk]))
             correct += int((logits.argmax(1) == self.test_labels[i:i + chunk]).sum())
         return correct / len(self.test_labels)
 
     def _latent_bytes(self, layer: str) -> int:
         from .models import latent_shape
 
-        return 4 * int(np.prod(latent_shape(layer, int(self.test_frames.shape[1]))))
+        return 4 * int(np.prod(latent_shape(layer, int(self.frames.images.shape[1]))))
 
     def _log_eval(self, batch_index: int, kind: str, train_seconds: float, new_frames: int) -> dict:
         t0 = time.perf_counter()
@@ -318,9 +331,7 @@ class RunTrainer:
         native = self.memory is not None and not cfg.uses_latent
         feats = None
         if incremental_split and not native and cfg.precompute_lower and self.lower_frozen_eval:
-            with torch.inference_mode():
-                feats = torch.cat([self.lower(self._pre(new_frames[i:i + 256])) for i in range(0, len(paths), 256)])
-            feats = feats.clone()
+            feats = self._lower_pass(self.lower, new_frames).clone()
         capture = (cfg.uses_latent and fid.stored_latents == "train_epoch0" and b > 0 and self.memory is not None)
         epoch0 = {} if capture else None
         for it in range(sched.iterations):
@@ -373,7 +384,10 @@ class RunTrainer:
             self._update_memory(b, sched, new_frames, new_labels, feats, epoch0)
         self._sync()
         train_seconds = time.perf_counter() - t_start
-        return self._log_eval(b, "batch", train_seconds, len(paths))
+        row = self._log_eval(b, "batch", train_seconds, len(paths))
+        if phase == 0:   # the whole network's activations are free now: give them back to the kernel once
+            self._release()
+        return row
 
     @torch.no_grad()
     def _update_memory(self, b, sched, new_frames, new_labels, feats, epoch0) -> None:
@@ -404,9 +418,27 @@ class RunTrainer:
     def _eval_latents(self, frames_u8: torch.Tensor) -> torch.Tensor:
         """Latents at the memory layer in eval mode with the current weights (B11 fixed)."""
         self.model.eval()
-        with torch.inference_mode():
-            out = torch.cat([self.mem_lower(self._pre(frames_u8[i:i + 256])) for i in range(0, len(frames_u8), 256)])
-        return out.clone()
+        return self._lower_pass(self.mem_lower, frames_u8).clone()
+
+    @torch.inference_mode()
+    def _lower_pass(self, part: torch.nn.Module, frames_u8: torch.Tensor) -> torch.Tensor:
+        """``part`` (in its current mode) on every frame, ``inference_chunk`` frames at a time, then
+        the transient activations of the pass go back to the kernel (``release_memory``)."""
+        k = self.cfg.inference_chunk
+        out = torch.empty(0)
+        for i in range(0, len(frames_u8), k):
+            y = part(self._pre(frames_u8[i:i + k]))
+            if i == 0:
+                layout = torch.channels_last if y.dim() == 4 and self.cfg.channels_last else torch.contiguous_format
+                out = torch.empty((len(frames_u8),) + tuple(y.shape[1:]), dtype=y.dtype, device=y.device,
+                                  memory_format=layout)
+            out[i:i + len(y)] = y
+        self._release()
+        return out
+
+    def _release(self) -> None:
+        if self.cfg.release_memory and self.device.type == "cpu":
+            release_free_memory()
 
     def _epoch0_latents(self, b, sched, new_frames, epoch0) -> torch.Tensor:
         """Latents of every padded position, as the original stores them (B11)."""
@@ -501,7 +533,7 @@ class RunTrainer:
 
 #: Config keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", "precompute_lower",
-                     "cache_test_latents", "channels_last")
+                     "cache_test_latents", "channels_last", "inference_chunk", "release_memory")
 
 
 def _identity(config: dict) -> dict:

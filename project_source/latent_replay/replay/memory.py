@@ -125,7 +125,15 @@ class ReplayMemory:
             self.data, self.labels = new.clone(), new_labels.clone()
             return
         k = torch.as_tensor(keep, dtype=torch.long, device=self.device)
-        self.data = torch.cat([new, self.data[k]])
+        kept = self.data[k]                       # a copy: the old rows may now be overwritten
+        n = len(new) + len(kept)
+        # reuse the stored tensor's rows when it is large enough (it is once the memory is full), so an
+        # update holds the memory and the kept rows, not a third concatenated copy
+        buf = self.data[:n] if len(self.data) >= n else self.data.new_empty((n,) + tuple(self.data.shape[1:]))
+        buf[len(new):] = kept
+        buf[:len(new)] = new
+        del kept
+        self.data = buf
         self.labels = torch.cat([new_labels, self.labels[k]])
 
     # ------------------------------------------------------------------ accounting and state
