@@ -8,7 +8,7 @@ STAMP   = $(VENV)/.installed
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736
 DEMO_DIR ?= demo_output
 
-.PHONY: setup demo test clean help docker-test
+.PHONY: setup demo test clean help docker-test slurm-test
 
 help:
 	@echo "make demo   - set up .venv if needed, then run the demo on a synthetic CORe50 (in $(DEMO_DIR)/)"
@@ -37,6 +37,14 @@ docker-test: $(STAMP)
 	@dpkg -s $(DOCKER_TEST_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DOCKER_TEST_DEBS); }
 	$(PY) -m pytest -q -m slow tests/test_docker.py -rs $(PYTEST_ARGS)
+
+# The Slurm integration test (slow, needs root): installs slurmctld, slurmd, slurm-client and munge from Debian when
+# missing, then starts a one-node cluster on this machine and runs a small sweep on it (tests/test_slurm.py, docs/sweep.md).
+SLURM_TEST_DEBS = slurmctld slurmd slurm-client munge
+slurm-test: $(STAMP)
+	@dpkg -s $(SLURM_TEST_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SLURM_TEST_DEBS); }
+	$(PY) -m pytest -q -m slow tests/test_slurm.py -rs $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

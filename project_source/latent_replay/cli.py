@@ -222,8 +222,9 @@ def _register_subcommands() -> None:
     from .figures import figures_command
     from .launch import prepare_command
     from .models.commands import weights
+    from .sweep import sweep_command
 
-    for command in (weights, download, figures_command, prepare_command):
+    for command in (weights, download, figures_command, prepare_command, sweep_command):
         main.add_command(command)
 
 

@@ -283,6 +283,21 @@ def _check_filelists(path: Path, scenario: int, runs: list[int], images_dir: Pat
         raise UsageError("--filelists", msg) from None
 
 
+def _check_filelists_once(memo: dict | None, path: Path, scenario: int, runs: list[int], images_dir: Path,
+                          db: Path) -> None:
+    if memo is None:
+        return _check_filelists(path, scenario, runs, images_dir, db)
+    key = (str(path), scenario, tuple(runs), str(images_dir), str(db))
+    if key not in memo:
+        try:
+            _check_filelists(path, scenario, runs, images_dir, db)
+            memo[key] = None
+        except UsageError as exc:
+            memo[key] = exc
+    if memo[key] is not None:
+        raise memo[key]
+
+
 def _runs_text(runs: Sequence[int]) -> str:
     parts, start = [], None
     for i, r in enumerate(runs):
@@ -294,8 +309,12 @@ def _runs_text(runs: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def validate(ns: argparse.Namespace) -> Plan:
-    """All checks, in the original's order (spec §2.1 items 1-14), then the new options."""
+def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Plan:
+    """All checks, in the original's order (spec §2.1 items 1-14), then the new options.
+
+    ``filelist_checks``: a dict shared by several calls (a sweep's expansion) so that the filelists and
+    frames of one folder, scenario and run set are checked once (seconds each on the full CORe50).
+    """
     info: list[str] = []
     # 1-3: method, scenario, replay
     if ns.method not in METHODS:
@@ -360,7 +379,7 @@ def validate(ns: argparse.Namespace) -> Plan:
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError("--out", f"{ns.out!r} is not a folder")
     filelists = Path(ns.filelists).expanduser().resolve() if ns.filelists else _default_filelists(db)
-    _check_filelists(filelists, scenario, runs, db / IMAGES_DIR, db)
+    _check_filelists_once(filelist_checks, filelists, scenario, runs, db / IMAGES_DIR, db)
     weights = None
     if ns.weights is not None:
         weights = Path(ns.weights).expanduser().resolve()
