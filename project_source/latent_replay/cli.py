@@ -220,11 +220,12 @@ def demo(out, seed):
 def _register_subcommands() -> None:
     from .data.download_cli import download
     from .figures import figures_command
+    from .glr_bench import glr_bench_command
     from .launch import prepare_command
     from .models.commands import weights
     from .sweep import sweep_command
 
-    for command in (weights, download, figures_command, prepare_command, sweep_command):
+    for command in (weights, download, figures_command, prepare_command, glr_bench_command, sweep_command):
         main.add_command(command)
 
 

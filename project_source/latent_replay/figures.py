@@ -1238,12 +1238,20 @@ def figures_command(result_dirs, out, formats, reference, reference_strategies):
     Writes fig1 (accuracy vs encountered batches), fig2 (final accuracy vs replay layer), fig3 (training
     time and frozen MACs vs layer), fig4 (memory footprint vs layer and dtype), fig5 (final accuracy vs
     memory size) and summary.csv / summary.md into --out; figures with nothing to show are skipped.
+    Folders written by `latent-replay glr-bench` get their average-accuracy plot (glr_<folder>).
     """
+    from .glr_bench import bench_figures
+
     strategies = [s for s in reference_strategies.split(",") if s.strip()] if reference_strategies else None
     try:
         report = build_figures(result_dirs, out, formats.split(","), reference, strategies)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    glr = bench_figures(result_dirs, out, formats.split(","))   # `latent-replay glr-bench` folders
+    for name, paths in glr.items():
+        click.echo(f"wrote {name}: {', '.join(str(p) for p in paths)}")
+    if glr and not report.written:
+        return
     if not report.written:
         found = len(report.experiments)
         raise click.ClickException(
