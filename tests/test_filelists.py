@@ -141,3 +141,12 @@ def test_written_files_get_normal_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "l.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_format_int_list_inverts_parse_int_list():
+    from latent_replay.utils import format_int_list
+
+    assert format_int_list([7, 0, 1, 2, 3, 3]) == "0-3,7"
+    assert format_int_list([4]) == "4" and format_int_list([]) == ""
+    for text in ("0-4", "0,2,4", "0-2,7", "1,3-5,9-10"):
+        assert format_int_list(parse_int_list(text)) == text

@@ -38,7 +38,7 @@ from . import __version__
 from .config import (LATENT_LAYERS, METHOD_ALIASES, METHOD_TITLES, PROFILES, REPLAY_ALIASES, ConfigError,
                      ExperimentConfig)
 from .data.classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
-from .utils import parse_int_list
+from .utils import format_int_list, parse_int_list
 
 PROG = "prepare_experiment.py"
 #: Same as ``results.CONFIG_FILE`` (not imported: that module pulls in pandas).
@@ -298,17 +298,6 @@ def _check_filelists_once(memo: dict | None, path: Path, scenario: int, runs: li
         raise memo[key]
 
 
-def _runs_text(runs: Sequence[int]) -> str:
-    parts, start = [], None
-    for i, r in enumerate(runs):
-        if start is None:
-            start = r
-        if i + 1 == len(runs) or runs[i + 1] != r + 1:
-            parts.append(str(start) if start == r else f"{start}-{r}")
-            start = None
-    return ",".join(parts)
-
-
 def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Plan:
     """All checks, in the original's order (spec §2.1 items 1-14), then the new options.
 
@@ -465,7 +454,7 @@ def describe(cfg: ExperimentConfig) -> str:
         replay = f"native replay, memory {cfg.replay_memory}"
     else:
         replay = f"{cfg.replay} replay at {cfg.latent_layer}, memory {cfg.replay_memory}"
-    return (f"{METHOD_TITLES[cfg.method]} on NICv2-{cfg.scenario}, {replay}, runs {_runs_text(cfg.runs)}, "
+    return (f"{METHOD_TITLES[cfg.method]} on NICv2-{cfg.scenario}, {replay}, runs {format_int_list(cfg.runs)}, "
             f"device {cfg.device}, profile {cfg.profile}")
 
 

@@ -50,7 +50,7 @@ import click
 from . import __version__, launch
 from .config import METHOD_ALIASES, REPLAY_ALIASES, ConfigError, ExperimentConfig
 from .data.filelists import atomic_write_text
-from .utils import parse_int_list
+from .utils import format_int_list, parse_int_list
 
 SWEEP_FORMAT = "latent-replay-sweep"
 SWEEP_VERSION = 1
@@ -622,15 +622,7 @@ def assign_tasks(sweep_dir: Path, experiments: Sequence[str], runs: Sequence[int
 
 def array_spec(indices: Iterable[int], throttle: Optional[int] = None) -> str:
     """``0-3,7,9-11`` (plus ``%N``) from task indices."""
-    values = sorted(set(indices))
-    parts, start = [], None
-    for i, v in enumerate(values):
-        if start is None:
-            start = v
-        if i + 1 == len(values) or values[i + 1] != v + 1:
-            parts.append(str(start) if start == v else f"{start}-{v}")
-            start = None
-    return ",".join(parts) + (f"%{throttle}" if throttle else "")
+    return format_int_list(indices) + (f"%{throttle}" if throttle else "")
 
 
 def chunks(indices: Iterable[int], max_array_size: int) -> list[tuple[int, list[int]]]:
@@ -694,7 +686,7 @@ def render_sbatch(spec: ScriptSpec) -> str:
         how = f"trains in the Apptainer image {spec.image}" + (" with the task's GPUs (--nv)" if spec.gpu else ", no GPU")
     lines = [
         "#!/usr/bin/env bash",
-        f"# Sweep {spec.name}: {spec.experiments} experiment(s) x run(s) {launch._runs_text(spec.runs)} = "
+        f"# Sweep {spec.name}: {spec.experiments} experiment(s) x run(s) {format_int_list(spec.runs)} = "
         f"{len(spec.indices)} task(s), one run of one experiment each (tasks.tsv).",
         f"# Written by `latent-replay sweep` (latent-replay {__version__}); {how}.",
         "# `latent-replay sweep` and `latent-replay sweep resubmit DIR` submit it with --array=<the unfinished tasks>,",
@@ -1183,7 +1175,7 @@ def _print_report(expansion: Expansion, tasks: Sequence[Task], statuses: Sequenc
                   echo: Callable[[str], None]) -> None:
     sweep = expansion.sweep
     echo(f"sweep {sweep.name}: {expansion.combinations or 1} combination(s) -> {len(expansion.experiments)} "
-         f"experiment(s) x run(s) {launch._runs_text(sweep.runs)} = {len(tasks)} task(s) in {_display(sweep.out)}")
+         f"experiment(s) x run(s) {format_int_list(sweep.runs)} = {len(tasks)} task(s) in {_display(sweep.out)}")
     if expansion.merged:
         echo(f"  {expansion.merged} combination(s) gave an experiment listed already: "
              f"{', '.join(sorted(expansion.dropped))} left out where it does not apply (latent_layer and latent_dtype "

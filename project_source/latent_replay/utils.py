@@ -27,6 +27,19 @@ def parse_int_list(text: str, *, name: str = "value") -> list[int]:
     return sorted(values)
 
 
+def format_int_list(values) -> str:
+    """The inverse of :func:`parse_int_list`: ``[0, 1, 2, 3, 7]`` -> ``"0-3,7"`` (sorted, distinct)."""
+    values = sorted(set(int(v) for v in values))
+    parts, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(parts)
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr with time, level and logger name."""
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
