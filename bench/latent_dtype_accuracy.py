@@ -37,7 +37,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dtypes", default="float32,uint8", help="comma-separated latent_dtype values")
     ap.add_argument("--runs", default="0-2", help="runs of the demo scenario (e.g. 0 or 0-4)")
-    ap.add_argument("--work-dir", default=None, help="keep data and results here (default: a temp dir)")
+    ap.add_argument("--work-dir", default=None,
+                    help="keep data and results here (default: a temp dir); finished runs there are reused")
     ap.add_argument("--quick", action="store_true", help="first 3 batches only, 1 run (numbers meaningless)")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
     args = ap.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
                                max_batches=3 if args.quick else None, epochs_first_batch=2 if args.quick
                                else base.epochs_first_batch)
             trainer = Trainer(cfg, progress=False)
-            trainer.run_all(force=True)
+            trainer.run_all()            # runs already finished in --work-dir are reused
             per_run = [json.loads((trainer.experiment_dir / f"run{r}" / "summary.json").read_text()) for r in runs]
             results[dtype] = {
                 "final_accuracy": [s["final_accuracy"] for s in per_run],

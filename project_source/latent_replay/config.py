@@ -210,8 +210,8 @@ class ExperimentConfig:
     #: Frames per forward pass of the no-gradient passes (frozen lower part, memory latents, evaluation):
     #: bounds their activation memory; eval-mode normalisation makes results independent of it.
     inference_chunk: int = 64
-    #: Return freed heap memory to the kernel (glibc malloc_trim) after batch 0 and after the large
-    #: no-gradient passes, so incremental batches do not keep batch 0's activation memory resident.
+    #: Return freed heap memory to the kernel (glibc malloc_trim) after batch 0 and after building the
+    #: test-latent cache, so incremental batches do not keep batch 0's activation memory resident.
     release_memory: bool = True
     seed: int = 0
     out: str = "results"
