@@ -478,8 +478,7 @@ def bench_figures(roots, out: str | Path, formats=("png",)) -> dict[str, list[Pa
         if not results:
             continue
         name = f"glr_{folder.name}"
-        written[name] = [plot_average_accuracy(results, Path(out) / f"{name}.{fmt.strip()}", folder.name)
-                         for fmt in formats if fmt.strip()]
+        written[name] = plot_average_accuracy(results, Path(out) / name, folder.name, formats=formats)
     return written
 
 
@@ -495,8 +494,11 @@ METHOD_COLOURS = {"naive": "#7f7f7f", "replay": "#ff7f0e", "latent": "#1f77b4", 
 _VARIANT_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"))
 
 
-def plot_average_accuracy(results: list[RunResult], path: Path, title: str = "") -> Path:
-    """:func:`seen_accuracy` after each experience, mean over seeds, one line per run (colour = method)."""
+def plot_average_accuracy(results: list[RunResult], path: Path, title: str = "", formats=None) -> list[Path]:
+    """:func:`seen_accuracy` after each experience, mean over seeds, one line per run (colour = method).
+
+    Written (atomically) to ``path``, or, with ``formats``, to ``path`` with each format as suffix;
+    returns the files."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -524,15 +526,19 @@ def plot_average_accuracy(results: list[RunResult], path: Path, title: str = "")
     if title or seeds > 1:
         ax.set_title(title + (f" (mean of {seeds} seeds)" if seeds > 1 else ""), fontsize=8)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    paths = [path] if formats is None else [path.parent / f"{path.name}.{f.strip()}" for f in formats if f.strip()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        fig.savefig(tmp, dpi=150)
-        tmp.replace(path)
+        for p in paths:
+            tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+            try:
+                fig.savefig(tmp, dpi=150)
+                tmp.replace(p)
+            finally:
+                tmp.unlink(missing_ok=True)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return paths
 
 
 def _label(spec: RunSpec) -> str:

@@ -333,7 +333,7 @@ class RunTrainer:
         native = self.memory is not None and not cfg.uses_latent
         feats = None
         if incremental_split and not native and cfg.precompute_lower and self.lower_frozen_eval:
-            feats = self._lower_pass(self.lower, new_frames).clone()
+            feats = self._lower_pass(self.lower, new_frames)
         capture = (cfg.uses_latent and fid.stored_latents == "train_epoch0" and b > 0 and self.memory is not None)
         epoch0 = {} if capture else None
         for it in range(sched.iterations):
@@ -420,16 +420,18 @@ class RunTrainer:
     def _eval_latents(self, frames_u8: torch.Tensor) -> torch.Tensor:
         """Latents at the memory layer in eval mode with the current weights (B11 fixed)."""
         self.model.eval()
-        return self._lower_pass(self.mem_lower, frames_u8).clone()
+        return self._lower_pass(self.mem_lower, frames_u8)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def _lower_pass(self, part: torch.nn.Module, frames_u8: torch.Tensor) -> torch.Tensor:
         """``part`` (in its current mode) on every frame, ``inference_chunk`` frames at a time, into one
-        preallocated output (no concatenated copy)."""
+        preallocated output (no concatenated copy). The forwards run in inference mode; the output is
+        allocated outside it (unless the caller is in inference mode), so training can use it as is."""
         k = self.cfg.inference_chunk
         out = torch.empty(0)
         for i in range(0, len(frames_u8), k):
-            y = part(self._pre(frames_u8[i:i + k]))
+            with torch.inference_mode():
+                y = part(self._pre(frames_u8[i:i + k]))
             if i == 0:
                 layout = torch.channels_last if y.dim() == 4 and self.cfg.channels_last else torch.contiguous_format
                 out = torch.empty((len(frames_u8),) + tuple(y.shape[1:]), dtype=y.dtype, device=y.device,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import re
 
@@ -47,7 +48,13 @@ def setup_logging(level: str = "INFO") -> None:
                         force=True)
 
 
-_LIBC: ctypes.CDLL | None | bool = None
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+    except OSError:
+        return None
 
 
 def release_free_memory() -> bool:
@@ -57,17 +64,11 @@ def release_free_memory() -> bool:
     them after every minibatch (which roughly halves CPU speed through page faults). The price is that
     a process keeps the high-water mark of its heap: batch 0's whole-network activations stay resident
     through every incremental batch. Calling this at the few points where a large working set has just
-    been freed (the end of batch 0, after a lower-part or test-set pass) returns it once. Returns False
-    where the C library has no ``malloc_trim`` (not glibc), True otherwise.
+    been freed (the end of batch 0, after the test-latent pass) returns it once. Returns False where
+    the C library has no ``malloc_trim`` (not glibc), True otherwise.
     """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _LIBC = lib if hasattr(lib, "malloc_trim") else False
-        except OSError:
-            _LIBC = False
-    if _LIBC is False:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    _LIBC.malloc_trim(0)
+    trim(0)
     return True
