@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from latent_replay.data.core50 import (
-    DatasetError, cache_key, load_frames, load_images, open_root, preprocess,
+    DatasetError, FrameStore, cache_key, load_frames, load_images, open_root, preprocess,
 )
 from latent_replay.data.filelists import frame_path
 
@@ -85,6 +85,34 @@ def test_frame_cache_hit_and_key(tiny_root, tmp_path, caplog):
     assert not third.from_cache and np.array_equal(third.get(paths), want_all := load_images(images, paths))
     assert want_all.shape[0] == 12
     assert load_frames(images, paths, use_cache=False, progress=False).cache_file is None
+
+
+def test_memory_mapped_store_reads_through_the_file(tmp_path, monkeypatch):
+    """A store memory-mapped from a .npy file returns exactly what indexing the array gives, for any
+    order, repeats and runs of rows, but reads it with preadv (the mapping's pages are never touched);
+    in-memory arrays and views of a mapping keep plain indexing."""
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (23, 5, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "f.npy", arr)
+    mm = np.load(tmp_path / "f.npy", mmap_mode="r")
+    paths = tuple(f"p{i:02d}" for i in range(23))
+    store = FrameStore(mm, paths)
+    import latent_replay.data.core50 as core50
+
+    calls = []
+    real = core50.os.preadv
+    monkeypatch.setattr(core50.os, "preadv", lambda fd, bufs, pos: calls.append(pos) or real(fd, bufs, pos))
+    for rows in ([3, 4, 5, 6], [22, 0, 7, 7, 8, 1], [], list(range(23))[::-1], [12]):
+        got = store.get([paths[i] for i in rows])
+        assert got.dtype == np.uint8 and got.flags.c_contiguous and not isinstance(got, np.memmap)
+        assert np.array_equal(got, arr[rows]), rows
+    # one read per run of consecutive rows: [3..6] -> 1; sorted [0,1][7][7,8][22] -> 4; all -> 1; one -> 1
+    row_bytes = arr[0].nbytes
+    assert calls[0] == mm.offset + 3 * row_bytes and len(calls) == 1 + 4 + 1 + 1
+    calls.clear()
+    assert np.array_equal(FrameStore(np.array(arr), paths).get([paths[2]]), arr[[2]])
+    assert np.array_equal(FrameStore(mm[1:], paths[1:]).get([paths[2]]), arr[[2]])   # a view: indexing
+    assert calls == []
 
 
 def test_preprocess_caffe_values():
