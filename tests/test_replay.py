@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from latent_replay.replay import ReplayMemory, choose_update, n_current
+from latent_replay.replay.memory import move_rows_in_place
 
 
 def _fill(memory, batches, patterns_per_batch, shape=(4, 2, 2), seed=0):
@@ -36,6 +37,33 @@ def test_memory_is_new_first_then_kept_slots():
     m.insert(torch.arange(4.0).view(4, 1), torch.tensor([0, 0, 0, 0]), np.zeros(0, np.int64))
     m.insert(torch.tensor([[9.0]]), torch.tensor([1]), np.array([3, 0, 2]))
     assert m.data.view(-1).tolist() == [9.0, 3.0, 0.0, 2.0] and m.labels.tolist() == [1, 0, 0, 0]
+
+
+def test_rows_move_in_place_like_a_gather():
+    """move_rows_in_place equals data[start:] = data[src] computed from a copy, for random partial
+    permutations (chains, cycles, fixed rows), and the memory update built on it keeps the values of
+    the concatenation [new ; stored[keep]] batch after batch."""
+    rng = np.random.default_rng(1)
+    for trial in range(200):
+        n = int(rng.integers(1, 30))
+        start = int(rng.integers(0, n + 1))
+        src = rng.choice(n, size=n - start, replace=False)
+        data = torch.arange(n * 3.0).view(n, 3)
+        want = data.clone()
+        want[start:] = data[torch.as_tensor(src)]
+        move_rows_in_place(data, src, start)
+        assert torch.equal(data[start:], want[start:]), (n, start, src)
+    # identity and a pure cycle
+    data = torch.arange(5.0).view(5, 1)
+    move_rows_in_place(data, np.array([1, 2, 3, 4, 0]), 0)
+    assert data.view(-1).tolist() == [1.0, 2.0, 3.0, 4.0, 0.0]
+    m, stored, gen = ReplayMemory(50, "float32"), torch.zeros(0, 4, 2, 2), np.random.default_rng(3)
+    for b in range(8):
+        x = torch.rand(20, 4, 2, 2) + b
+        new, keep = choose_update(gen, m.capacity, b, 20, len(m))
+        m.insert(x[new], torch.full((20,), b)[new], keep)
+        stored = torch.cat([x[new], stored[torch.as_tensor(keep, dtype=torch.long)]])
+        assert torch.equal(m.data, stored) and len(m) == min(50, 20 * (b + 1))
 
 
 @pytest.mark.parametrize("storage, bytes_per_value", [("float32", 4), ("float16", 2), ("uint8", 1)])

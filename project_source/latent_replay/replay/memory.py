@@ -40,6 +40,35 @@ def choose_update(rng, memory_size: int, batch_index: int, available: int, store
     return np.asarray(new, dtype=np.int64), np.asarray(keep, dtype=np.int64)
 
 
+def move_rows_in_place(data: torch.Tensor, src: np.ndarray, start: int) -> None:
+    """``data[start + i] = data[src[i]]`` for every ``i`` at once, in place (``src`` distinct).
+
+    The moves form chains (a destination whose row nobody needs, filled from its source, whose slot
+    is filled next, ...) and cycles (moved with one spare row each), so every row is copied once and
+    the extra memory is one row, where gathering ``data[src]`` first would copy all of them."""
+    dst_rows = {start + i: int(r) for i, r in enumerate(src)}     # destination -> source
+    needed = set(dst_rows.values())
+    done: set[int] = set()
+
+    def follow(d: int, spare: torch.Tensor | None = None, first: int = -1) -> None:
+        while d in dst_rows and d not in done:
+            done.add(d)
+            s = dst_rows[d]
+            if s == first:
+                data[d] = spare
+                return
+            if s != d:
+                data[d] = data[s]
+            d = s
+
+    for d in dst_rows:                        # chains first: their start rows are free
+        if d not in needed:
+            follow(d)
+    for d in dst_rows:                        # what is left are cycles
+        if d not in done:
+            follow(d, data[d].clone(), d)
+
+
 @dataclass
 class _Quant:
     lo: torch.Tensor      # per channel
@@ -125,14 +154,16 @@ class ReplayMemory:
             self.data, self.labels = new.clone(), new_labels.clone()
             return
         k = torch.as_tensor(keep, dtype=torch.long, device=self.device)
-        kept = self.data[k]                       # a copy: the old rows may now be overwritten
-        n = len(new) + len(kept)
-        # reuse the stored tensor's rows when it is large enough (it is once the memory is full), so an
-        # update holds the memory and the kept rows, not a third concatenated copy
-        buf = self.data[:n] if len(self.data) >= n else self.data.new_empty((n,) + tuple(self.data.shape[1:]))
-        buf[len(new):] = kept
+        n = len(new) + len(k)
+        if len(self.data) >= n:
+            # the memory is full: move the kept rows to their new slots inside the stored tensor (no
+            # copy of the kept rows, which would be most of the memory again), then write the new rows
+            move_rows_in_place(self.data, np.asarray(keep, dtype=np.int64), len(new))
+            buf = self.data[:n]
+        else:
+            buf = self.data.new_empty((n,) + tuple(self.data.shape[1:]))
+            buf[len(new):] = self.data[k]
         buf[:len(new)] = new
-        del kept
         self.data = buf
         self.labels = torch.cat([new_labels, self.labels[k]])
 
