@@ -10,6 +10,12 @@ For each: ``forward`` = eval-mode inference (``torch.inference_mode``), ``train`
 forward (batch statistics, r/d, running-statistics update) + cross-entropy backward (no optimiser step).
 Rates use the median time of ``--iters`` timed iterations after ``--warmup`` untimed ones.
 
+How close to the machine that is: ``train_gflop_s`` counts 3x the forward multiply-adds (forward,
+input gradient, weight gradient; 2 FLOP each) per second, and ``gemm_gflop_s`` is the rate of the
+dense matrix product a 512->512 pointwise convolution at 8x8 amounts to, for the same rows
+(``batch_size * 64`` x 512 by 512 x 512), the bulk of the upper part's arithmetic. Their ratio
+``train_fraction_of_gemm`` bounds what any implementation of the same arithmetic can gain.
+
 Usage::
 
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736 \\
@@ -35,7 +41,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "project_source"))
-from latent_replay.models import MobileNetV1, latent_shape, mac_counts, split  # noqa: E402
+from latent_replay.models import (  # noqa: E402
+    CAFFE_NAMES, MobileNetV1, latent_shape, mac_counts, split, stop_layer,
+)
 
 TUNED = "glibc.malloc.mmap_threshold=4294967296"
 
@@ -80,6 +88,21 @@ def bench_part(module, shape, batch_size, iters, warmup, device, channels_last, 
     return {"forward_img_s": round(batch_size / t_fwd, 1), "train_img_s": round(batch_size / t_train, 1)}
 
 
+def gemm_gflop_s(batch_size, iters, warmup, device) -> float:
+    """GFLOP/s of ``(batch_size*64 x 512) @ (512 x 512)``: a 512->512 pointwise conv at 8x8 as a GEMM."""
+    a = torch.randn(batch_size * 64, 512, device=device)
+    b = torch.randn(512, 512, device=device)
+    t = _time(lambda: torch.mm(a, b), iters, warmup, device)
+    return 2 * a.shape[0] * 512 * 512 / t / 1e9
+
+
+def part_macs(macs: dict, layer: str | None) -> int:
+    """Forward multiply-adds per image of the whole network (None) or of the part above ``layer``."""
+    if layer is None:
+        return sum(macs.values())
+    return sum(list(macs.values())[CAFFE_NAMES.index(stop_layer(layer)):])
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch-size", type=int, default=32)
@@ -103,12 +126,16 @@ def main(argv=None) -> dict:
 
     macs = mac_counts(model, args.input_size)
     results = {}
-    parts = [("full", model, (3, args.input_size, args.input_size))]
+    parts = [("full", model, (3, args.input_size, args.input_size), None)]
     for layer in ("conv5_4/dw", "pool6"):
-        parts.append((f"upper@{layer}", split(model, layer)[1], latent_shape(layer, args.input_size)))
-    for name, module, shape in parts:
-        results[name] = bench_part(module, shape, args.batch_size, args.iters, args.warmup, device,
-                                   args.channels_last)
+        parts.append((f"upper@{layer}", split(model, layer)[1], latent_shape(layer, args.input_size), layer))
+    gemm = gemm_gflop_s(args.batch_size, args.iters, args.warmup, device)
+    for name, module, shape, layer in parts:
+        r = bench_part(module, shape, args.batch_size, args.iters, args.warmup, device, args.channels_last)
+        r["gmac_per_image"] = round(part_macs(macs, layer) / 1e9, 5)
+        r["train_gflop_s"] = round(r["train_img_s"] * 3 * 2 * part_macs(macs, layer) / 1e9, 3)
+        r["train_fraction_of_gemm"] = round(r["train_gflop_s"] / gemm, 3)
+        results[name] = r
     out = {
         "benchmark": "mobilenet_v1",
         "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
@@ -121,6 +148,7 @@ def main(argv=None) -> dict:
         "glibc_tunables_set": TUNED in os.environ.get("GLIBC_TUNABLES", ""),
         "torch": torch.__version__,
         "gmac_per_image": round(sum(macs.values()) / 1e9, 4),
+        "gemm_gflop_s": round(gemm, 1),
         "results": results,
     }
     print(json.dumps(out, indent=2))

@@ -12,6 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import bench_model  # noqa: E402
 import compare_avalanche  # noqa: E402
 from synthetic_stream import StreamSpec, load_stream, materialise, render_stream  # noqa: E402
 
@@ -59,6 +60,25 @@ def test_bench_trainer_quick_prints_the_figures():
     assert out["cases"]["none"]["memory_bytes"] == 0
     assert "cache_test_latents_eval_speedup@conv5_4/dw" in out["derived"]
     assert len(out["runs"]["none"]) == 1 and out["load"]["load1_max"] >= 0
+
+
+def test_bench_model_counts_and_fields():
+    """The arithmetic the roofline fields divide by: the whole network and the part above a layer."""
+    from latent_replay.models import mac_counts
+
+    macs = mac_counts(None, 128)
+    assert bench_model.part_macs(macs, None) == 185_427_968
+    upper = bench_model.part_macs(macs, "conv5_4/dw")
+    assert upper == sum(v for k, v in macs.items() if k in (
+        "conv5_4/sep", "conv5_5/dw", "conv5_5/sep", "conv5_6/dw", "conv5_6/sep", "conv6/dw", "conv6/sep",
+        "mid_fc7")) and 59_000_000 < upper < 60_000_000
+    assert bench_model.part_macs(macs, "pool6") == 1024 * 50
+    out = _run("bench_model.py", "--batch-size", "2", "--iters", "1", "--warmup", "0", "--threads", "1",
+               "--input-size", "64")
+    assert out["gemm_gflop_s"] > 0 and set(out["results"]) == {"full", "upper@conv5_4/dw", "upper@pool6"}
+    for r in out["results"].values():
+        assert r["train_gflop_s"] > 0 and r["train_fraction_of_gemm"] == pytest.approx(
+            r["train_gflop_s"] / out["gemm_gflop_s"], abs=2e-3)
 
 
 def test_bench_trainer_rejects_unknown_cases():
