@@ -58,7 +58,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procstat import peak_rss, run_measured, worker_env
+from procstat import emit, peak_rss, run_measured, worker_env
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "project_source"))
@@ -322,11 +322,7 @@ def main(argv=None) -> dict:
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    text = json.dumps(out, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return out
+    return emit(out, args.out)
 
 
 if __name__ == "__main__":

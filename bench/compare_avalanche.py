@@ -63,7 +63,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procstat import peak_rss, reset_peak_rss, run_measured, worker_env
+from procstat import emit, peak_rss, reset_peak_rss, run_measured, worker_env
 
 HERE = Path(__file__).resolve().parent
 TUNED_GLIBC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736"
@@ -92,12 +92,13 @@ def worker_ours(args) -> dict:
     out_dir = Path(args.work) / "ours-run"
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    cfg = ExperimentConfig(
+    settings = dict(
         method="ar1free", scenario=391, replay="latent", latent_layer="conv5_4/dw", replay_memory=args.memory,
         runs=[0], minibatch=args.minibatch, epochs=args.epochs, epochs_first_batch=args.first_epochs,
         lr_first_batch=args.lr_first, lr=args.lr, classifier_lr_mult=1.0, momentum=0.9, weight_decay=0.0005,
         preprocessing="imagenet", device="cpu", seed=args.seed, dataset_root=args.work, filelists=args.work,
         out=str(out_dir))
+    cfg = ExperimentConfig(**{**settings, **getattr(args, "overrides", {})})   # memory_phases.py --set
     rt = RunTrainer(cfg, 0, scenario, store, torch.device("cpu"), out_dir, progress=False)
     train_batch, peaks = rt.train_batch, {}
 
@@ -307,12 +308,11 @@ def _median(values):
     return values
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_run_arguments(ap: argparse.ArgumentParser) -> None:
+    """The stream, sizes, hyperparameters and environment options (shared with memory_phases.py)."""
     ap.add_argument("--batches", type=int, default=2, help="incremental batches after batch 0")
-    ap.add_argument("--reps", type=int, default=2, help="alternations of the two sides")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--glibc", choices=("tuned", "default"), default="tuned", help="GLIBC_TUNABLES in both processes")
+    ap.add_argument("--glibc", choices=("tuned", "default"), default="tuned", help="GLIBC_TUNABLES in the workers")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--first-frames", type=int, default=150, help="frames per batch-0 object (10 objects)")
     ap.add_argument("--new-frames", type=int, default=300)
@@ -324,11 +324,17 @@ def main(argv=None) -> dict:
     ap.add_argument("--lr-first", type=float, default=0.01, help="learning rate of batch 0 (both sides)")
     ap.add_argument("--lr", type=float, default=0.001, help="learning rate after batch 0 (both sides)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--venv", default=str(DEFAULT_VENV), help="Avalanche's virtual environment")
-    ap.add_argument("--sides", default="ours,avalanche", help="run only some sides, e.g. 'ours' (no ratios then)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes for smoke tests (numbers meaningless)")
     ap.add_argument("--work-dir", default=None, help="keep the rendered stream here (default: a temp dir)")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_run_arguments(ap)
+    ap.add_argument("--reps", type=int, default=2, help="alternations of the two sides")
+    ap.add_argument("--venv", default=str(DEFAULT_VENV), help="Avalanche's virtual environment")
+    ap.add_argument("--sides", default="ours,avalanche", help="run only some sides, e.g. 'ours' (no ratios then)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--work", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--stream", default=None, help=argparse.SUPPRESS)
@@ -397,11 +403,7 @@ def main(argv=None) -> dict:
         }
     out["runs"] = per_run
     out["wall_seconds"] = time.perf_counter() - t_start
-    text = json.dumps(out, indent=2)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
-    return out
+    return emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "project_source"))
+sys.path.insert(0, str(HERE))
+
+from procstat import emit  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -82,11 +85,7 @@ def main(argv=None) -> dict:
                 "memory_ratio": round(ref["memory_bytes"] / r["memory_bytes"], 3)}
             for d, r in results.items() if d != "float32"}
     out["wall_seconds"] = time.perf_counter() - t_start
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    return out
+    return emit(out, args.out)
 
 
 if __name__ == "__main__":

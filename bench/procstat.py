@@ -5,7 +5,8 @@ so the Avalanche worker can use it from its own virtual environment).
   (``VmHWM``) and its reset (``/proc/self/clear_refs``, value 5), so a benchmark can report the peak
   of one phase (the incremental batches) next to the peak of the whole process;
 * :func:`run_measured`: run a worker process and record the wall time, the load before it and how
-  many cores *other* processes kept busy meanwhile (to tell a clean measurement from a disturbed one).
+  many cores *other* processes kept busy meanwhile (to tell a clean measurement from a disturbed one);
+* :func:`emit`: the benchmarks' output, one indented JSON object on stdout and optionally in a file.
 """
 from __future__ import annotations
 
@@ -71,4 +72,13 @@ def run_measured(cmd: list[str], env: dict, result: Path, label: str, script: st
     other = (cpu_busy_seconds() - busy0) - (children_cpu() - mine0)
     out.update(wall_seconds=wall, load1_before=load, other_cores=max(0.0, other / wall))
     print(f"  {label:50s} {wall:7.1f}s  load {load:4.2f}  other cores {out['other_cores']:4.2f}", file=sys.stderr)
+    return out
+
+
+def emit(out: dict, path: str | None) -> dict:
+    """Print ``out`` as indented JSON and, when ``path`` is given, write the same text there."""
+    text = json.dumps(out, indent=2)
+    if path:
+        Path(path).write_text(text + "\n")
+    print(text)
     return out

@@ -96,6 +96,25 @@ def test_compare_avalanche_our_side_quick():
     assert 0 < ours["peak_rss_incremental_bytes"] <= ours["peak_rss_bytes"]
 
 
+def test_memory_phases_quick_labels_every_phase():
+    out = _run("memory_phases.py", "--quick", "--threads", "1", "--set", "inference_chunk=5")
+    phases = {p["phase"] for p in out["phases"]}
+    assert {"train_batch(0)", "train_batch(1)", "train_batch(2)", "train_batch(1)>_ensure_test_cache"} <= phases
+    assert any(p.startswith("train_batch(1)>") and p.endswith(">_lower_pass") for p in phases)
+    assert out["overrides"] == {"inference_chunk": 5} and len(out["train_seconds"]) == 3
+    assert 0 < out["peak_rss_incremental_mb"] <= out["peak_rss_mb"]
+    assert all(p["rss"] >= p["anon"] > 0 and p["samples"] >= 1 for p in out["phases"])
+    ends = out["phase_ends"]
+    assert ends[-1]["phase"].startswith("after train_batch(2)") or ends[-1]["phase"].endswith("save_checkpoint")
+    assert ends[0]["heap"] is None or ends[0]["heap"]["arena"] >= ends[0]["heap"]["in_use"]
+
+
+def test_memory_phases_rejects_a_bad_setting():
+    proc = subprocess.run([sys.executable, str(BENCH / "memory_phases.py"), "--quick", "--set", "inference_chunk"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--set takes KEY=JSON" in proc.stderr
+
+
 def test_compare_summary_and_ratios_from_runs():
     def run(seconds, mismatch=None):
         batches = [{"train_seconds": seconds, "rows": 100, "eval_seconds": 1.0, "test_accuracy": 0.5,
