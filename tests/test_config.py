@@ -54,6 +54,8 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
     ({"scenario": 80}, "scenario: 80 is not one of 79, 196, 391"),
     ({"lr": "fast"}, "lr: expected float or null, got str 'fast'"),
     ({"replay_memory": 0}, "replay_memory: must be > 0, got 0"),
+    ({"inference_chunk": 0}, "inference_chunk: must be >= 1 or null, got 0"),
+    ({"inference_chunk": "big"}, "inference_chunk: expected int or null, got str 'big'"),
     ({"runs": []}, "runs: must be a non-empty list"),
     ({"latent_layer": "conv5_4"}, "latent_layer: 'conv5_4' is not one of data,"),
     ({"fidelity": {"importance_from": "both"}}, "fidelity.importance_from: 'both' is not one of gradients, updates"),

@@ -57,13 +57,15 @@ def test_rows_move_in_place_like_a_gather():
     data = torch.arange(5.0).view(5, 1)
     move_rows_in_place(data, np.array([1, 2, 3, 4, 0]), 0)
     assert data.view(-1).tolist() == [1.0, 2.0, 3.0, 4.0, 0.0]
-    m, stored, gen = ReplayMemory(50, "float32"), torch.zeros(0, 4, 2, 2), np.random.default_rng(3)
-    for b in range(8):
-        x = torch.rand(20, 4, 2, 2) + b
-        new, keep = choose_update(gen, m.capacity, b, 20, len(m))
-        m.insert(x[new], torch.full((20,), b)[new], keep)
-        stored = torch.cat([x[new], stored[torch.as_tensor(keep, dtype=torch.long)]])
-        assert torch.equal(m.data, stored) and len(m) == min(50, 20 * (b + 1))
+    for in_place in (True, False):   # the CPU's row moves and the GPU's gather give the same memory
+        m, stored, gen = ReplayMemory(50, "float32"), torch.zeros(0, 4, 2, 2), np.random.default_rng(3)
+        m.move_in_place = in_place
+        for b in range(8):
+            x = torch.rand(20, 4, 2, 2) + b
+            new, keep = choose_update(gen, m.capacity, b, 20, len(m))
+            m.insert(x[new], torch.full((20,), b)[new], keep)
+            stored = torch.cat([x[new], stored[torch.as_tensor(keep, dtype=torch.long)]])
+            assert torch.equal(m.data, stored) and len(m) == min(50, 20 * (b + 1))
 
 
 @pytest.mark.parametrize("storage, bytes_per_value", [("float32", 4), ("float16", 2), ("uint8", 1)])

@@ -203,5 +203,10 @@ def test_speed_switches_keep_the_metrics(tiny, tmp_path):
             for c in (fast, plain) if Trainer(c, progress=False).run_all() is not None)
     exact = ["batch", "iteration", "test_accuracy", "memory_patterns", "memory_bytes"]
     pd.testing.assert_frame_equal(a[exact], b[exact])
+    # inference_chunk None (the default) is chosen per device: 16 frames per forward on the CPU
+    trainer = Trainer(fast.replace(inference_chunk=None), progress=False)
+    rt = RunTrainer(trainer.cfg, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), tmp_path)
+    assert rt.chunk == 16 and RunTrainer(fast, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"),
+                                         tmp_path).chunk == 7
     # the lower part once per batch vs once per minibatch: the same eval-mode function, other batch sizes
     assert np.allclose(a["train_loss"], b["train_loss"], rtol=1e-3)

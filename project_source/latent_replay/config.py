@@ -33,6 +33,8 @@ SCENARIOS = (79, 196, 391)
 LATENT_DTYPES = ("float32", "float16", "uint8")
 PROFILES = ("fixed", "caffe")
 DEVICES = ("auto", "cpu", "cuda")
+#: Frames per no-gradient forward when ``inference_chunk`` is None, on the CPU and on a GPU.
+INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU = 16, 256
 LATENT_LAYERS = (
     "data", "conv2_1/dw", "conv2_2/dw", "conv3_1/dw", "conv3_2/dw", "conv4_1/dw", "conv4_2/dw", "conv5_1/dw",
     "conv5_2/dw", "conv5_3/dw", "conv5_4/dw", "conv5_5/dw", "conv5_6/dw", "conv6/dw", "pool6",
@@ -208,10 +210,11 @@ class ExperimentConfig:
     #: channels-last memory layout (1.3-1.7x faster convolutions on CPU).
     channels_last: bool = True
     #: Frames per forward pass of the no-gradient passes (frozen lower part, memory latents, evaluation):
-    #: bounds their activation memory; eval-mode normalisation makes results independent of it. 16 is
-    #: as fast as 64 on a 2-core CPU (4.4 vs 4.8 s for 2,249 test frames at 128x128) with a quarter of
-    #: the transient; a GPU profits from larger chunks.
-    inference_chunk: int = 16
+    #: bounds their activation memory; eval-mode normalisation makes results independent of it.
+    #: None = :data:`INFERENCE_CHUNK_CPU` on the CPU (as fast as 64 on a 2-core CPU, 4.4 vs 4.8 s for
+    #: 2,249 test frames at 128x128, with a quarter of the transient), :data:`INFERENCE_CHUNK_GPU` on a
+    #: GPU (a forward per 16 frames would leave it idle between kernel launches).
+    inference_chunk: Optional[int] = None
     #: Return freed heap memory to the kernel (glibc malloc_trim) after batch 0 and after building the
     #: test-latent cache, so incremental batches do not keep batch 0's activation memory resident.
     release_memory: bool = True
@@ -271,9 +274,11 @@ class ExperimentConfig:
             raise ConfigError(f"replay_memory: must be > 0, got {self.replay_memory}")
         if not self.runs or any((not isinstance(r, int)) or r < 0 for r in self.runs):
             raise ConfigError(f"runs: must be a non-empty list of run numbers >= 0, got {self.runs}")
-        for key in ("epochs_first_batch", "epochs", "lr_first_batch", "minibatch", "test_minibatch", "inference_chunk"):
+        for key in ("epochs_first_batch", "epochs", "lr_first_batch", "minibatch", "test_minibatch"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        if self.inference_chunk is not None and self.inference_chunk < 1:
+            raise ConfigError(f"inference_chunk: must be >= 1 or null, got {self.inference_chunk}")
         if self.max_batches is not None and self.max_batches < 1:
             raise ConfigError(f"max_batches: must be >= 1 or null, got {self.max_batches}")
         if not 0 <= self.momentum < 1:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import ConfigError, ExperimentConfig
+from .config import INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, ConfigError, ExperimentConfig
 from .data.core50 import FrameStore, load_frames, open_root, preprocess
 from .data.nicv2 import Scenario, load_scenario
 from .methods import DECAY_MULTS, make_method
@@ -120,6 +120,7 @@ class RunTrainer:
                  device: torch.device, out_dir: Path, progress: bool = True, stop_after: int | None = None):
         self.cfg, self.run, self.scenario, self.frames = cfg, run, scenario, frames
         self.device, self.dir, self.progress, self.stop_after = device, out_dir, progress, stop_after
+        self.chunk = cfg.inference_chunk or (INFERENCE_CHUNK_CPU if device.type == "cpu" else INFERENCE_CHUNK_GPU)
         fid = cfg.fidelity
         self.fid = fid
         with torch.random.fork_rng(devices=[]):
@@ -265,7 +266,7 @@ class RunTrainer:
         frames = None if cached else self.test_frames
         # the upper part alone on cached latents has small activations: training-minibatch-sized chunks
         # run as fast as larger ones and reuse the training iterations' freed blocks (measured)
-        chunk = max(self.cfg.test_minibatch, self.cfg.minibatch) if cached else self.cfg.inference_chunk
+        chunk = max(self.cfg.test_minibatch, self.cfg.minibatch) if cached else self.chunk
         for i in range(0, len(self.test_labels), chunk):
             if cached:
                 logits = self.upper(self.test_cache[i:i + chunk])
@@ -445,7 +446,7 @@ class RunTrainer:
         """``part`` (in its current mode) on every frame, ``inference_chunk`` frames at a time, into one
         preallocated output (no concatenated copy). The forwards run in inference mode; the output is
         allocated outside it (unless the caller is in inference mode), so training can use it as is."""
-        k = self.cfg.inference_chunk
+        k = self.chunk
         out = torch.empty(0)
         for i in range(0, len(frames_u8), k):
             with torch.inference_mode():

@@ -95,6 +95,9 @@ class ReplayMemory:
         self.data: torch.Tensor | None = None
         self.labels = torch.zeros(0, dtype=torch.long, device=self.device)
         self.quant: _Quant | None = None
+        #: full-memory updates move rows inside the stored tensor (CPU: no second copy, faster);
+        #: on a GPU one gather is faster than a kernel launch per row
+        self.move_in_place = self.device.type == "cpu"
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -155,14 +158,17 @@ class ReplayMemory:
             return
         k = torch.as_tensor(keep, dtype=torch.long, device=self.device)
         n = len(new) + len(k)
-        if len(self.data) >= n:
+        if len(self.data) >= n and self.move_in_place:
             # the memory is full: move the kept rows to their new slots inside the stored tensor (no
-            # copy of the kept rows, which would be most of the memory again), then write the new rows
+            # copy of the kept rows, which would be most of the memory again; 16 ms instead of 63 ms
+            # for 1,350 latents at conv5_4/dw), then write the new rows
             move_rows_in_place(self.data, np.asarray(keep, dtype=np.int64), len(new))
             buf = self.data[:n]
         else:
-            buf = self.data.new_empty((n,) + tuple(self.data.shape[1:]))
-            buf[len(new):] = self.data[k]
+            kept = self.data[k]
+            buf = self.data[:n] if len(self.data) >= n else self.data.new_empty((n,) + tuple(self.data.shape[1:]))
+            buf[len(new):] = kept
+            del kept
         buf[:len(new)] = new
         self.data = buf
         self.labels = torch.cat([new_labels, self.labels[k]])
