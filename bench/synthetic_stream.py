@@ -9,7 +9,9 @@ module renders just those frames with the synthetic CORe50 renderer
 * batch 0: session 1 of the ten NICv2 batch-0 objects (1, 6, ..., 46), ``first_frames`` frames each,
   in path order (as NICv2 batch 0);
 * each incremental batch: one (session, object) video of ``new_frames`` frames from a training session
-  (2, 4, 5, 6, 8, 9, 11) of one of those objects, frames shuffled (as NICv2-391);
+  (2, 4, 5, 6, 8, 9, 11) of one of those objects, frames shuffled (as NICv2-391); with ``objects=50``
+  the videos of all 50 objects in sessions 1, 2, 4, 5, 6, 8, 9, 11 except batch 0's, i.e. the 390
+  videos of the full NICv2-391 (``bench/full_run.py``);
 * test list: sessions 3, 7, 10 of the same objects, sessions in that order and paths sorted within a
   session (as the NICv2 test list), cut to ``test_frames`` frames.
 
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 FIRST_OBJECTS = tuple(range(1, 51, 5))          # NICv2 batch 0: one object per category
-TRAIN_SESSIONS = (2, 4, 5, 6, 8, 9, 11)         # training sessions other than batch 0's session 1
+TRAIN_SESSIONS = (2, 4, 5, 6, 8, 9, 11)         # training sessions besides session 1 (batch 0's)
 TEST_SESSIONS = (3, 7, 10)
 FRAMES_FILE, INDEX_FILE = "frames.npy", "stream.json"
 
@@ -47,6 +49,7 @@ class StreamSpec:
     incremental_batches: int = 1
     test_frames: int = 2249          # the reduced NICv2 test list
     seed: int = 0
+    objects: int = 10                # 10: the batch-0 objects only; 50: all of CORe50 (the full NICv2-391)
 
     def key(self) -> str:
         return "-".join(f"{k}{v}" for k, v in asdict(self).items())
@@ -64,8 +67,18 @@ def _video(spec: StreamSpec, session: int, obj: int, frames: int) -> tuple[list[
     return [frame_path(session, obj, f) for f in range(frames)], images
 
 
+def _objects(spec: StreamSpec) -> list[int]:
+    """The batch-0 objects first, then as many others as ``spec.objects`` asks for."""
+    if not len(FIRST_OBJECTS) <= spec.objects <= 50:
+        raise ValueError(f"objects must be in {len(FIRST_OBJECTS)}..50, got {spec.objects}")
+    others = [o for o in range(1, 51) if o not in FIRST_OBJECTS]
+    return list(FIRST_OBJECTS) + others[:spec.objects - len(FIRST_OBJECTS)]
+
+
 def _incremental_videos(spec: StreamSpec) -> list[tuple[int, int]]:
-    videos = [(s, o) for s in TRAIN_SESSIONS for o in FIRST_OBJECTS]
+    """The (session, object) videos of the training sessions not in batch 0 (NICv2: 390 of 400 for all
+    50 objects), in a seeded order."""
+    videos = [(s, o) for s in (1, *TRAIN_SESSIONS) for o in _objects(spec) if not (s == 1 and o in FIRST_OBJECTS)]
     order = np.random.default_rng([spec.seed, 391]).permutation(len(videos))
     if spec.incremental_batches > len(videos):
         raise ValueError(f"at most {len(videos)} incremental batches, got {spec.incremental_batches}")
@@ -98,11 +111,11 @@ def render_stream(spec: StreamSpec) -> tuple[np.ndarray, dict]:
         rows = add(p, im)
         shuffle = np.random.default_rng([spec.seed, 0, 391, b]).permutation(len(p))   # NICv2: shuffled
         batches.append(([p[i] for i in shuffle], [rows[i] for i in shuffle]))
-    per_video = math.ceil(spec.test_frames / (len(TEST_SESSIONS) * len(FIRST_OBJECTS)))
+    per_video = math.ceil(spec.test_frames / (len(TEST_SESSIONS) * spec.objects))
     test_paths, test_rows = [], []
     for s in TEST_SESSIONS:
         sp, sr = [], []
-        for o in FIRST_OBJECTS:
+        for o in _objects(spec):
             p, im = _video(spec, s, o, per_video)
             sp += p
             sr += add(p, im)

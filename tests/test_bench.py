@@ -81,6 +81,31 @@ def test_bench_model_counts_and_fields():
             r["train_gflop_s"] / out["gemm_gflop_s"], abs=2e-3)
 
 
+def test_full_run_quick_reports_and_extrapolates(tmp_path):
+    out = _run("full_run.py", "--quick", "--device", "cpu", "--threads", "1", "--work-dir", str(tmp_path))
+    assert out["device"] == "cpu" and out["incremental_batches"] == 2 and out["full_run_extrapolated"]
+    assert out["train_seconds"] == pytest.approx(out["first_batch_train_seconds"]
+                                                 + 2 * out["incremental_train_seconds_median"], abs=0.02)
+    assert out["full_run_train_seconds"] == pytest.approx(
+        out["first_batch_train_seconds"] + 390 * out["incremental_train_seconds_median"], abs=0.05)
+    assert out["under_2_minutes"] == (out["full_run_train_seconds"] < 120) and 0 <= out["final_accuracy"] <= 1
+    # a second call reuses the rendered stream and starts the run afresh (no resume from the checkpoint)
+    again = _run("full_run.py", "--quick", "--device", "cpu", "--threads", "1", "--work-dir", str(tmp_path))
+    assert again["final_accuracy"] == out["final_accuracy"]
+
+
+def test_full_run_stream_is_the_nicv2_391_layout():
+    """objects=50: 390 distinct incremental videos, none of them batch 0's, every object present."""
+    spec = StreamSpec(size=8, first_frames=2, new_frames=3, incremental_batches=390, test_frames=150, objects=50)
+    frames, index = render_stream(spec)
+    videos = {tuple(b["paths"][0].split("/")[:2]) for b in index["batches"][1:]}
+    assert len(index["batches"]) == 391 and len(videos) == 390
+    assert not videos & {("s1", f"o{o}") for o in range(1, 51, 5)}
+    assert {v[1] for v in videos} == {f"o{o}" for o in range(1, 51)} and len(index["test"]["paths"]) == 150
+    with pytest.raises(ValueError, match="objects must be in 10..50"):
+        render_stream(StreamSpec(size=8, objects=51))
+
+
 def test_bench_trainer_rejects_unknown_cases():
     proc = subprocess.run([sys.executable, str(BENCH / "bench_trainer.py"), "--cases", "nope"], capture_output=True,
                           text=True)
