@@ -135,6 +135,43 @@ def test_resume_equals_uninterrupted(tiny, tmp_path, profile):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_checkpoint_every_resumes_from_the_last_checkpoint(tiny, tmp_path, monkeypatch):
+    """checkpoint_every=2: a crash in batch 3 loses batch 2 (trained after the last checkpoint); the
+    resumed run drops its metrics row at once, trains it again and ends with the uninterrupted
+    run's metrics."""
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=3, max_batches=5, checkpoint_every=2)
+    Trainer(cfg, progress=False).run_all()
+    cfg2 = cfg.replace(out=str(tmp_path / "crashed"))
+    d = tmp_path / "crashed" / cfg.experiment_name / "run0"
+    real, saved = RunTrainer.train_batch, []
+
+    def crash_at(k):
+        def train_batch(self, b):
+            if b == k:
+                raise RuntimeError("power cut")
+            return real(self, b)
+        return train_batch
+
+    monkeypatch.setattr(RunTrainer, "save_checkpoint", lambda self, f=RunTrainer.save_checkpoint: (
+        saved.append(self.batches_done), f(self))[1])
+    monkeypatch.setattr(RunTrainer, "train_batch", crash_at(3))
+    with pytest.raises(RuntimeError, match="power cut"):
+        Trainer(cfg2, progress=False).run_all()
+    assert saved == [2] and len(pd.read_csv(d / "metrics.csv").query("kind == 'batch'")) == 3
+    monkeypatch.setattr(RunTrainer, "train_batch", crash_at(2))   # resumes after batch 1, crashes at once
+    with pytest.raises(RuntimeError, match="power cut"):
+        Trainer(cfg2, progress=False).run_all()
+    assert len(pd.read_csv(d / "metrics.csv").query("kind == 'batch'")) == 2   # batch 2's stale row is gone
+    monkeypatch.setattr(RunTrainer, "train_batch", real)
+    Trainer(cfg2, progress=False).run_all()
+    assert saved == [2, 4, 5]   # every second batch and the last one
+    cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns", "memory_bytes"]
+    a = pd.read_csv(tmp_path / "results" / cfg.experiment_name / "run0" / "metrics.csv")[cols]
+    pd.testing.assert_frame_equal(a, pd.read_csv(d / "metrics.csv")[cols])
+    with pytest.raises(ConfigError, match="checkpoint_every: must be >= 1, got 0"):
+        cfg.replace(checkpoint_every=0)
+
+
 def test_bad_inputs_fail_before_training(tiny, tmp_path):
     with pytest.raises(ConfigError, match="weights: .*nope.pt: no such file"):
         Trainer(_cfg(tiny, tmp_path, weights=str(tmp_path / "nope.pt")), progress=False)

@@ -114,7 +114,7 @@ RC = {
 
 #: Config keys that say nothing about what was trained (or are shown through other means).
 _IGNORED_KEYS = {"runs", "out", "name", "device", "cache_dir", "precompute_lower", "cache_test_latents",
-                 "channels_last", "inference_chunk", "release_memory", "dataset_root", "filelists", "schema_version", "fidelity",
+                 "channels_last", "inference_chunk", "release_memory", "checkpoint_every", "dataset_root", "filelists", "schema_version", "fidelity",
                  "method", "scenario", "replay", "latent_layer", "replay_memory", "latent_dtype", "profile"}
 _RUN_DIR = re.compile(r"^run(\d+)$")
 

@@ -527,6 +527,8 @@ class RunTrainer:
         if ckpt.is_file():
             self.load_checkpoint(ckpt)
             log.info("run %d: resuming after batch %d of %d", self.run, self.batches_done - 1, n)
+            # batches after the checkpoint (checkpoint_every > 1) are trained again: drop their rows now
+            write_metrics(self.dir / "metrics.csv", self.rows)
         bar = tqdm(total=n, initial=self.batches_done, desc=f"run {self.run}", unit="batch",
                    disable=not self.progress)
         with bar:
@@ -534,7 +536,9 @@ class RunTrainer:
                 row = self.train_batch(b)
                 self.batches_done = b + 1
                 write_metrics(self.dir / "metrics.csv", self.rows)
-                self.save_checkpoint()
+                stopping = self.stop_after is not None and b + 1 >= self.stop_after
+                if (b + 1) % self.cfg.checkpoint_every == 0 or b + 1 == n or stopping:
+                    self.save_checkpoint()
                 bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", refresh=False)
                 bar.update(1)
                 log.debug("run %d batch %d: acc %.4f loss %.4f (%.2fs train, %.2fs eval)", self.run, b,
@@ -558,7 +562,7 @@ class RunTrainer:
 
 #: Config keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", "precompute_lower",
-                     "cache_test_latents", "channels_last", "inference_chunk", "release_memory")
+                     "cache_test_latents", "channels_last", "inference_chunk", "release_memory", "checkpoint_every")
 
 
 def _identity(config: dict) -> dict:
