@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
         cfg = ExperimentConfig(method="ar1free", scenario=391, replay="latent", latent_layer=args.latent_layer,
                                replay_memory=args.memory, runs=[0], epochs=args.epochs, epochs_first_batch=args.epochs,
                                device=args.device, seed=args.seed, dataset_root=str(work), filelists=str(work),
-                               out=str(work))
+                               out=str(work), checkpoint_every=FULL_BATCHES + 1)   # one checkpoint, at the end
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t1 = time.perf_counter()

@@ -78,15 +78,17 @@ class PhaseSampler:
 
     def __init__(self, interval: float = 0.01):
         self.interval, self.phase, self.stop = interval, "start", threading.Event()
+        self.lock = threading.Lock()   # the sampler thread and the phase ends both record
         self.peaks: dict[str, dict] = {}
         self.ends: list[dict] = []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _record(self):
-        s, peak = status_mb(), self.peaks.setdefault(self.phase, {"rss": 0, "anon": 0, "file": 0, "samples": 0})
-        peak["rss"], peak["anon"] = max(peak["rss"], s["VmRSS"]), max(peak["anon"], s["RssAnon"])
-        peak["file"] = max(peak["file"], s["RssFile"])
-        peak["samples"] += 1
+        with self.lock:
+            s, peak = status_mb(), self.peaks.setdefault(self.phase, {"rss": 0, "anon": 0, "file": 0, "samples": 0})
+            peak["rss"], peak["anon"] = max(peak["rss"], s["VmRSS"]), max(peak["anon"], s["RssAnon"])
+            peak["file"] = max(peak["file"], s["RssFile"])
+            peak["samples"] += 1
 
     def _run(self):
         while not self.stop.is_set():

@@ -73,6 +73,10 @@ def test_bench_model_counts_and_fields():
         "conv5_4/sep", "conv5_5/dw", "conv5_5/sep", "conv5_6/dw", "conv5_6/sep", "conv6/dw", "conv6/sep",
         "mid_fc7")) and 59_000_000 < upper < 60_000_000
     assert bench_model.part_macs(macs, "pool6") == 1024 * 50
+    # a training step: forward + weight gradients + input gradients except the first layer's
+    assert bench_model.train_macs(macs, "conv5_4/dw") == 3 * upper - macs["conv5_4/sep"]
+    assert bench_model.train_macs(macs, "pool6") == 2 * 1024 * 50
+    assert bench_model.train_macs(macs, None) == 3 * 185_427_968 - macs["conv1"]
     out = _run("bench_model.py", "--batch-size", "2", "--iters", "1", "--warmup", "0", "--threads", "1",
                "--input-size", "64")
     assert out["gemm_gflop_s"] > 0 and set(out["results"]) == {"full", "upper@conv5_4/dw", "upper@pool6"}

@@ -110,6 +110,11 @@ def test_memory_mapped_store_reads_through_the_file(tmp_path, monkeypatch):
     row_bytes = arr[0].nbytes
     assert calls[0] == mm.offset + 3 * row_bytes and len(calls) == 1 + 4 + 1 + 1
     calls.clear()
+    # the file opened with the store is read even after the cache file is deleted or replaced
+    (tmp_path / "f.npy").unlink()
+    np.save(tmp_path / "f.npy", np.zeros_like(arr))
+    assert np.array_equal(store.get([paths[4], paths[9]]), arr[[4, 9]])
+    calls.clear()
     assert np.array_equal(FrameStore(np.array(arr), paths).get([paths[2]]), arr[[2]])
     assert np.array_equal(FrameStore(mm[1:], paths[1:]).get([paths[2]]), arr[[2]])   # a view: indexing
     assert calls == []

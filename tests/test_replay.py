@@ -68,6 +68,17 @@ def test_rows_move_in_place_like_a_gather():
             assert torch.equal(m.data, stored) and len(m) == min(50, 20 * (b + 1))
 
 
+@pytest.mark.parametrize("storage", ["float32", "float16", "uint8"])
+def test_update_with_no_new_pattern_keeps_the_stored_ones(storage):
+    """Once b + 1 > M no new pattern enters (n_current = 0): the memory keeps its rows, for every dtype."""
+    m = ReplayMemory(3, storage)
+    m.insert(torch.rand(3, 4, 2, 2), torch.tensor([0, 1, 2]), np.zeros(0, np.int64))
+    before = m.get(np.arange(3))[0]
+    assert n_current(3, 3, 300) == 0
+    m.insert(torch.rand(0, 4, 2, 2), torch.zeros(0, dtype=torch.long), np.array([2, 0, 1]))
+    assert m.labels.tolist() == [2, 0, 1] and torch.equal(m.get(np.arange(3))[0], before[[2, 0, 1]])
+
+
 @pytest.mark.parametrize("storage, bytes_per_value", [("float32", 4), ("float16", 2), ("uint8", 1)])
 def test_storage_dtypes_and_bytes(storage, bytes_per_value):
     m = ReplayMemory(40, storage)

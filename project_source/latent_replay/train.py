@@ -342,7 +342,8 @@ class RunTrainer:
         count_labels = torch.cat([new_labels, self.memory.labels]) if mixing else new_labels
         self.method.before_batch(b, count_labels)
         incremental_split = phase > 0 and self.split_layer != "data"
-        if incremental_split and self.test_cache is None:   # timed as evaluation, not as training
+        if incremental_split and self.test_cache is None and cfg.cache_test_latents and self.lower_frozen_eval:
+            self._sync()                     # timed as evaluation, not as training
             t_cache = time.perf_counter()
             self._ensure_test_cache()
             self._sync()

@@ -16,6 +16,7 @@ import logging
 import mmap
 import os
 import tempfile
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,19 @@ class FrameStore:
 
     def __post_init__(self):
         self._row = {p: i for i, p in enumerate(self.paths)}
+        # the file of a memory-mapped store is opened once, now: reads then come from the very file
+        # that is mapped, even if the cache file is deleted or replaced under its name meanwhile
+        self._fd = None
+        if _file_backed(self.images):
+            try:
+                fd = os.open(self.images.filename, os.O_RDONLY)
+            except OSError:
+                return                      # gone already: the mapping still serves reads
+            if os.fstat(fd).st_size >= self.images.offset + self.images.nbytes:
+                self._fd = fd
+                weakref.finalize(self, os.close, fd)
+            else:
+                os.close(fd)
 
     def rows(self, paths: Iterable[str]) -> np.ndarray:
         """Row indices of ``paths`` in :attr:`images`."""
@@ -167,8 +181,8 @@ class FrameStore:
         resident set, which otherwise grows by every frame a run has touched (about 6 GB over a full
         NICv2-391 run at 128x128)."""
         rows = self.rows(paths)
-        if _file_backed(self.images):
-            return _read_rows(self.images, rows)
+        if self._fd is not None:
+            return _read_rows(self.images, rows, self._fd)
         return np.ascontiguousarray(self.images[rows])
 
     @property
@@ -184,9 +198,9 @@ def _file_backed(images: np.ndarray) -> bool:
             and images.filename is not None and images.flags.c_contiguous and images.ndim >= 1)
 
 
-def _read_rows(images: np.memmap, rows: np.ndarray) -> np.ndarray:
-    """``images[rows]`` read with ``preadv`` straight into the result, one call per run of consecutive
-    rows (a batch is usually one or a few runs)."""
+def _read_rows(images: np.memmap, rows: np.ndarray, fd: int) -> np.ndarray:
+    """``images[rows]`` read from ``fd`` (the mapped file) with ``preadv`` straight into the result, one
+    call per run of consecutive rows (a batch is usually one or a few runs)."""
     out = np.empty((len(rows),) + images.shape[1:], dtype=images.dtype)
     if not len(rows):
         return out
@@ -198,15 +212,14 @@ def _read_rows(images: np.memmap, rows: np.ndarray) -> np.ndarray:
     target = out if in_order else np.empty_like(out)
     srt = rows[order]
     cuts = np.flatnonzero(np.diff(srt) != 1) + 1
-    with open(images.filename, "rb", buffering=0) as f:
-        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(srt)]):
-            view = memoryview(target[a:b]).cast("B")
-            pos = images.offset + int(srt[a]) * row_bytes
-            while view.nbytes:
-                n = os.preadv(f.fileno(), [view], pos)
-                if n <= 0:
-                    raise OSError(f"{images.filename}: file ends before row {int(srt[b - 1])}")
-                view, pos = view[n:], pos + n
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(srt)]):
+        view = memoryview(target[a:b]).cast("B")
+        pos = images.offset + int(srt[a]) * row_bytes
+        while view.nbytes:
+            n = os.preadv(fd, [view], pos)
+            if n <= 0:
+                raise OSError(f"{images.filename}: file ends before row {int(srt[b - 1])}")
+            view, pos = view[n:], pos + n
     if not in_order:
         out[order] = target
     return out

@@ -112,6 +112,8 @@ class ReplayMemory:
             return x.float()
         if self.storage == "float16":
             return x.half()
+        if len(x) == 0:   # nothing enters the memory (M < b + 1): no range to quantise to
+            return torch.zeros(x.shape, dtype=torch.uint8, device=x.device)
         return self._quantise(x.float())
 
     def _quantise(self, x: torch.Tensor) -> torch.Tensor:
