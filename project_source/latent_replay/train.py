@@ -275,12 +275,17 @@ class RunTrainer:
             correct += int((logits.argmax(1) == self.test_labels[i:i + chunk]).sum())
         return correct / len(self.test_labels)
 
+    @property
+    def _test_cache_due(self) -> bool:
+        """Whether the test latents are to be cached now (switch on, lower part frozen, not cached yet)."""
+        return self.test_cache is None and self.cfg.cache_test_latents and self.lower_frozen_eval
+
     def _ensure_test_cache(self) -> None:
         """Cache the test latents (lower part, eval mode) once, if they fit in TEST_CACHE_LIMIT_BYTES.
         Called while the lower part is frozen: at the start of the first incremental batch (when the
         heap holds the least, so the one-time pass does not stack on the batch's working set) or at
         the first evaluation after a resume."""
-        if self.test_cache is not None or not self.cfg.cache_test_latents or not self.lower_frozen_eval:
+        if not self._test_cache_due:
             return
         if self._latent_bytes(self.split_layer) * len(self.test_labels) <= TEST_CACHE_LIMIT_BYTES:
             self.model.eval()
@@ -342,7 +347,7 @@ class RunTrainer:
         count_labels = torch.cat([new_labels, self.memory.labels]) if mixing else new_labels
         self.method.before_batch(b, count_labels)
         incremental_split = phase > 0 and self.split_layer != "data"
-        if incremental_split and self.test_cache is None and cfg.cache_test_latents and self.lower_frozen_eval:
+        if incremental_split and self._test_cache_due:
             self._sync()                     # timed as evaluation, not as training
             t_cache = time.perf_counter()
             self._ensure_test_cache()
