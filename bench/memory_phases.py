@@ -33,7 +33,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "project_source"))
 
 from compare_avalanche import QUICK, TUNED_GLIBC, add_run_arguments, worker_ours  # noqa: E402
-from procstat import emit, peak_rss  # noqa: E402
+from procstat import emit, peak_rss, proc_status  # noqa: E402
+
+from latent_replay.utils import libc_function, release_free_memory  # noqa: E402
 
 #: RunTrainer methods whose time is a phase of its own (nested ones show as ``outer>inner``).
 PHASES = ("train_batch", "_ensure_test_cache", "_lower_pass", "_update_memory", "evaluate", "save_checkpoint")
@@ -41,12 +43,7 @@ MB = 1 << 20
 
 
 def status_mb() -> dict:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key = line.split(":", 1)[0]
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(line.split()[1]) * 1024 // MB
-    return out
+    return {k: v // MB for k, v in proc_status("VmRSS", "RssAnon", "RssFile").items()}
 
 
 class _MallInfo2(ctypes.Structure):
@@ -54,21 +51,12 @@ class _MallInfo2(ctypes.Structure):
                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-@functools.lru_cache(maxsize=1)
-def _mallinfo2():
-    try:
-        fn = ctypes.CDLL("libc.so.6").mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
-    return fn
-
-
 def heap_mb() -> dict | None:
     """glibc heap: arena (main + thread arenas), mmapped blocks, in use, free; None without glibc."""
-    fn = _mallinfo2()
+    fn = libc_function("mallinfo2")
     if fn is None:
         return None
+    fn.restype = _MallInfo2
     m = fn()
     return {"arena": m.arena // MB, "mmapped": m.hblkhd // MB, "in_use": m.uordblks // MB, "free": m.fordblks // MB}
 
@@ -148,7 +136,6 @@ def main(argv=None) -> dict:
     import torch
 
     from latent_replay.train import RunTrainer
-    from latent_replay.utils import release_free_memory
     from synthetic_stream import StreamSpec, materialise
 
     torch.set_num_threads(args.threads)

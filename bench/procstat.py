@@ -19,12 +19,20 @@ import time
 from pathlib import Path
 
 
+def proc_status(*keys: str) -> dict[str, int]:
+    """Bytes of the given ``/proc/self/status`` fields (e.g. ``VmRSS``, ``RssAnon``), those present."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in keys:
+            out[key] = int(line.split()[1]) * 1024        # the file gives kB
+    return out
+
+
 def peak_rss() -> int:
     """Bytes: the highest resident set size of this process since start or the last reset."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
+    hwm = proc_status("VmHWM").get("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # KiB on Linux
 
 
 def reset_peak_rss() -> bool:

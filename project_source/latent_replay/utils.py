@@ -49,10 +49,11 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _malloc_trim():
-    """glibc's ``malloc_trim``, or None where the C library has none."""
+def libc_function(name: str):
+    """The C library's function ``name`` (ctypes, looked up once), or None where it has none (e.g.
+    glibc's ``malloc_trim`` and ``mallinfo2`` outside glibc)."""
     try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None)
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name, None)
     except OSError:
         return None
 
@@ -67,7 +68,7 @@ def release_free_memory() -> bool:
     been freed (the end of batch 0, after the test-latent pass) returns it once. Returns False where
     the C library has no ``malloc_trim`` (not glibc), True otherwise.
     """
-    trim = _malloc_trim()
+    trim = libc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)
