@@ -257,7 +257,15 @@ class _Run:
             rows = rows.reshape(n, -1).float().div_(255.0)
         return rows.to(self.device), labels.to(self.device)
 
-    def train_experience(self, t: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    @torch.no_grad()
+    def _lower_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """The lower part (eval mode) on every row of ``x``, EVAL_BATCH rows at a time."""
+        self.model.eval()
+        return torch.cat([self.model.lower(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+
+    def train_experience(self, t: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Train on experience ``t``; returns the frozen lower part's latents of ``x`` when it was frozen
+        (the memory update reuses them), else None."""
         s, model = self.s, self.model
         frozen = self.spec.freezes and t > 0
         if frozen:
@@ -267,9 +275,7 @@ class _Run:
         replay = self.memory is not None and len(self.memory) > 0
         b_c, b_r = batch_split(len(y), self.memory.capacity, s.minibatch) if replay else (s.minibatch, 0)
         if frozen:   # the frozen lower part sees every image the same way: compute its latents once
-            model.eval()
-            with torch.no_grad():
-                x = torch.cat([model.lower(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+            x = self._lower_latents(x)
         net = model.upper if frozen else model
         model.train()
         for _ in range(s.epochs):
@@ -284,17 +290,21 @@ class _Run:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+        return x if frozen else None
 
     @torch.no_grad()
-    def update_memory(self, t: int, exp: Experience, x: torch.Tensor, y: torch.Tensor) -> None:
+    def update_memory(self, t: int, exp: Experience, x: torch.Tensor, y: torch.Tensor,
+                      z: torch.Tensor | None = None) -> None:
+        """Put experience ``t`` into the memory; ``z``: the latents of ``x`` if already computed with the
+        current (frozen) lower part."""
         spec = self.spec
         if spec.method == "replay":
             pick, keep = choose_update(self.slot_rng, spec.memory, t, len(y), len(self.memory))
             rows = torch.from_numpy(exp.train_images[pick]).to(self.device)
             self.memory.insert(rows, y[torch.as_tensor(pick, device=self.device)], keep)
             return
-        self.model.eval()
-        z = torch.cat([self.model.lower(x[i:i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+        if z is None:
+            z = self._lower_latents(x)
         if spec.method == "latent":
             pick, keep = choose_update(self.slot_rng, spec.memory, t, len(y), len(self.memory))
             p = torch.as_tensor(pick, device=self.device)
@@ -319,10 +329,10 @@ class _Run:
             x = _float_images(exp.train_images, self.device)
             y = torch.from_numpy(exp.train_labels).to(self.device)
             t0 = time.perf_counter()
-            self.train_experience(t, x, y)
+            z = self.train_experience(t, x, y)
             t1 = time.perf_counter()
             if self.memory is not None and t < T - 1:
-                self.update_memory(t, exp, x, y)
+                self.update_memory(t, exp, x, y, z)
                 result.memory_bytes.append(int(self.memory.nbytes))
             t2 = time.perf_counter()
             result.matrix[t] = self.evaluate()
