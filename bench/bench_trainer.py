@@ -176,7 +176,7 @@ def child_case(args, work: Path, name: str) -> dict:
         "eval_first_seconds": row["eval_seconds"], "eval_seconds": eval_s, "eval_full_forward_seconds": full_s,
         "eval_cache_equal": bool(acc == acc_full), "test_accuracy": acc,
         "memory_patterns": row["memory_patterns"], "memory_bytes": row["memory_bytes"],
-        "test_cache_bytes": int(rt.test_cache.numel() * rt.test_cache.element_size()) if rt.test_cache is not None else 0,
+        "test_cache_bytes": int(rt.test_cache.nbytes) if rt.test_cache is not None else 0,
         "peak_rss_setup_bytes": rss_setup, "peak_rss_train_bytes": rss_train, "peak_rss_bytes": peak_rss(),
         "split_layer": rt.split_layer, "test_frames": int(len(rt.test_labels)),
     }

@@ -12,6 +12,7 @@ import torch
 from latent_replay.config import ConfigError, ExperimentConfig
 from latent_replay.data.nicv2 import inventory_from_root, write_nicv2
 from latent_replay.data.synthetic import write_synthetic_core50
+from latent_replay.rowfile import RowFile
 from latent_replay.train import RunTrainer, Trainer, pad_indices, plan_batch
 
 
@@ -224,6 +225,31 @@ def test_generative_latent_replay_runs_and_resumes(tiny, tmp_path, sampling):
     b = pd.read_csv(tmp_path / "interrupted" / cfg.experiment_name / "run0" / "metrics.csv")
     cols = ["test_accuracy", "train_loss", "memory_patterns"]
     pd.testing.assert_frame_equal(m[cols], b[cols])
+
+
+def test_test_latents_in_a_file(tiny, tmp_path):
+    """Issue #8: on the CPU the cached test latents live in an unnamed file (test_latents_in_file), read
+    back chunk by chunk: the same latents and exactly the same metrics as keeping them in memory."""
+    cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns"]
+    in_file = _cfg(tiny, tmp_path, epochs_first_batch=3, max_batches=3)
+    in_memory = in_file.replace(out=str(tmp_path / "memory"), test_latents_in_file=False)
+    a, b = (pd.read_csv(Path(c.out) / c.experiment_name / "run0" / "metrics.csv")[cols]
+            for c in (in_file, in_memory) if Trainer(c, progress=False).run_all() is not None)
+    pd.testing.assert_frame_equal(a, b)
+    trainer = Trainer(in_file, progress=False)
+    folder = trainer.frames.cache_file.parent
+    before = sorted(folder.iterdir())
+    rt = RunTrainer(in_file, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), tmp_path / "run",
+                    progress=False)
+    rt.train_batch(0)
+    rt.batches_done = 1
+    rt.train_batch(1)
+    assert isinstance(rt.test_cache, RowFile) and sorted(folder.iterdir()) == before   # no name
+    rt.model.eval()
+    expected = rt._lower_pass(rt.lower, rt.test_frames)
+    assert torch.equal(torch.cat([c.clone() for c in rt.test_cache.chunks(7)]), expected)
+    assert rt.test_cache.nbytes == expected.nbytes
+    rt.test_cache.close()
 
 
 def test_speed_switches_keep_the_metrics(tiny, tmp_path):

@@ -61,7 +61,8 @@ import click
 import numpy as np
 import pandas as pd
 
-from .config import LATENT_DTYPES, LATENT_LAYERS, METHOD_TITLES, METHODS, REPLAYS, ConfigError, ExperimentConfig
+from .config import (EXECUTION_KEYS, LATENT_DTYPES, LATENT_LAYERS, METHOD_TITLES, METHODS, REPLAYS, ConfigError,
+                     ExperimentConfig)
 from .data.filelists import atomic_write_text
 from .results import CONFIG_FILE, write_csv
 
@@ -113,9 +114,9 @@ RC = {
 }
 
 #: Config keys that say nothing about what was trained (or are shown through other means).
-_IGNORED_KEYS = {"runs", "out", "name", "device", "cache_dir", "precompute_lower", "cache_test_latents",
-                 "channels_last", "inference_chunk", "release_memory", "checkpoint_every", "dataset_root", "filelists", "schema_version", "fidelity",
-                 "method", "scenario", "replay", "latent_layer", "replay_memory", "latent_dtype", "profile"}
+_IGNORED_KEYS = {"runs", "out", "name", "device", "cache_dir", *EXECUTION_KEYS, "dataset_root", "filelists",
+                 "schema_version", "fidelity", "method", "scenario", "replay", "latent_layer", "replay_memory",
+                 "latent_dtype", "profile"}
 _RUN_DIR = re.compile(r"^run(\d+)$")
 
 

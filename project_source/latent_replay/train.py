@@ -13,6 +13,7 @@ upper part learns. Batch 0 trains the whole network.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,6 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, ConfigError, ExperimentConfig
+from .config import EXECUTION_KEYS, INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, ConfigError, ExperimentConfig
 from .data.core50 import FrameStore, load_frames, open_root, preprocess
 from .data.nicv2 import Scenario, load_scenario
 from .methods import DECAY_MULTS, make_method
@@ -35,6 +37,7 @@ from .models import BRNConfig, MobileNetV1, param_names_by_kind, split
 from .models.weights import load_weights
 from .replay import ReplayMemory, choose_update
 from .results import CONFIG_FILE, aggregate_runs, run_dir, write_json, write_metrics
+from .rowfile import RowFile
 from .utils import release_free_memory
 
 log = logging.getLogger(__name__)
@@ -149,7 +152,7 @@ class RunTrainer:
         self.global_iter = 0
         self.rows: list[dict] = []
         self.seen: set[int] = set()
-        self.test_cache: torch.Tensor | None = None
+        self.test_cache: torch.Tensor | RowFile | None = None
         self._loss_sum = self._correct = self._rows_seen = self._iters = 0.0
         self._cache_seconds = 0.0   # the test-latent pass done before a batch's training, reported as eval
         test_idx = np.arange(len(scenario.test))
@@ -267,11 +270,14 @@ class RunTrainer:
         # the upper part alone on cached latents has small activations: training-minibatch-sized chunks
         # run as fast as larger ones and reuse the training iterations' freed blocks (measured)
         chunk = max(self.cfg.test_minibatch, self.cfg.minibatch) if cached else self.chunk
-        for i in range(0, len(self.test_labels), chunk):
-            if cached:
-                logits = self.upper(self.test_cache[i:i + chunk])
-            else:
-                logits = self.model(self._pre(frames[i:i + chunk]))
+        starts = range(0, len(self.test_labels), chunk)
+        if cached:
+            latents = (self.test_cache.chunks(chunk) if isinstance(self.test_cache, RowFile)
+                       else self.test_cache.split(chunk))
+            outputs = (self.upper(h) for h in latents)
+        else:
+            outputs = (self.model(self._pre(frames[i:i + chunk])) for i in starts)
+        for i, logits in zip(starts, outputs):
             correct += int((logits.argmax(1) == self.test_labels[i:i + chunk]).sum())
         return correct / len(self.test_labels)
 
@@ -289,8 +295,27 @@ class RunTrainer:
             return
         if self._latent_bytes(self.split_layer) * len(self.test_labels) <= TEST_CACHE_LIMIT_BYTES:
             self.model.eval()
-            self.test_cache = self._lower_pass(self.lower, self.test_frames)
+            frames = self.test_frames
+            if self.cfg.test_latents_in_file and self.device.type == "cpu":
+                for i, y in self._lower_chunks(self.lower, frames):
+                    if i == 0:
+                        self.test_cache = RowFile(len(frames), y, self._scratch_dir)
+                    self.test_cache.append(y)
+            else:
+                self.test_cache = self._lower_pass(self.lower, frames)
             self._release()   # once: the whole test list went through the lower part
+
+    def _drop_test_cache(self) -> None:
+        if isinstance(self.test_cache, RowFile):
+            self.test_cache.close()
+        self.test_cache = None
+
+    @property
+    def _scratch_dir(self) -> Path:
+        """Where the test-latent file goes: the frame cache's folder (chosen as fast local storage),
+        else the run folder."""
+        cache = self.frames.cache_file
+        return Path(cache).parent if cache is not None else self.dir
 
     def _latent_bytes(self, layer: str) -> int:
         from .models import latent_shape
@@ -452,17 +477,22 @@ class RunTrainer:
         """``part`` (in its current mode) on every frame, ``inference_chunk`` frames at a time, into one
         preallocated output (no concatenated copy). The forwards run in inference mode; the output is
         allocated outside it (unless the caller is in inference mode), so training can use it as is."""
-        k = self.chunk
         out = torch.empty(0)
-        for i in range(0, len(frames_u8), k):
-            with torch.inference_mode():
-                y = part(self._pre(frames_u8[i:i + k]))
+        for i, y in self._lower_chunks(part, frames_u8):
             if i == 0:
                 layout = torch.channels_last if y.dim() == 4 and self.cfg.channels_last else torch.contiguous_format
                 out = torch.empty((len(frames_u8),) + tuple(y.shape[1:]), dtype=y.dtype, device=y.device,
                                   memory_format=layout)
             out[i:i + len(y)] = y
         return out
+
+    def _lower_chunks(self, part: torch.nn.Module, frames_u8: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(i, part(frames i..i+k))`` for ``k = inference_chunk`` frames at a time, in inference mode."""
+        k = self.chunk
+        for i in range(0, len(frames_u8), k):
+            with torch.inference_mode():
+                y = part(self._pre(frames_u8[i:i + k]))
+            yield i, y      # outside inference mode: the caller's tensors are ordinary ones
 
     def _release(self) -> None:
         """Return freed heap memory to the kernel (``release_memory``): only after batch 0 and after
@@ -537,7 +567,8 @@ class RunTrainer:
             write_metrics(self.dir / "metrics.csv", self.rows)
         bar = tqdm(total=n, initial=self.batches_done, desc=f"run {self.run}", unit="batch",
                    disable=not self.progress)
-        with bar:
+        with bar, contextlib.ExitStack() as stack:
+            stack.callback(self._drop_test_cache)
             for b in range(self.batches_done, n):
                 row = self.train_batch(b)
                 self.batches_done = b + 1
@@ -567,8 +598,7 @@ class RunTrainer:
 
 
 #: Config keys that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", "precompute_lower",
-                     "cache_test_latents", "channels_last", "inference_chunk", "release_memory", "checkpoint_every")
+RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", *EXECUTION_KEYS)
 
 
 def _identity(config: dict) -> dict:

@@ -1,0 +1,66 @@
+"""RowFile: latents kept in an unnamed file and read back in ranges (issue #8, test_latents_in_file)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latent_replay.rowfile import RowFile
+
+
+def _filled(rows, *, channels_last, dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn((rows, 6, 3, 5), generator=g) * 50).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bfloat16])
+@pytest.mark.parametrize("size", [1, 4, 7, 100])
+def test_rows_come_back_as_written(tmp_path, channels_last, dtype, size):
+    x = _filled(23, channels_last=channels_last, dtype=dtype)
+    f = RowFile(len(x), x[:5], tmp_path)
+    for a in range(0, 23, 5):          # appended in other chunks than read
+        f.append(x[a:a + 5])
+    assert f.nbytes == x.numel() * x.element_size()
+    parts = [c.clone() for c in f.chunks(size)]
+    assert [len(p) for p in parts] == [min(size, 23 - a) for a in range(0, 23, size)]
+    got = torch.cat(parts)
+    assert got.dtype == dtype and torch.equal(got, x)
+    # the chunks keep the memory layout the rows came in (the upper part runs channels-last)
+    assert parts[0].is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    f.close()
+
+
+def test_chunks_share_one_buffer(tmp_path):
+    x = _filled(10, channels_last=True)
+    f = RowFile(10, x, tmp_path)
+    f.append(x)
+    pointers = [c.data_ptr() for c in f.chunks(4)]
+    assert len(pointers) == 3 and len(set(pointers)) == 1
+
+
+def test_the_file_has_no_name_and_closes(tmp_path):
+    x = _filled(4, channels_last=False)
+    f = RowFile(4, x, tmp_path / "scratch")       # the folder is made
+    f.append(x)
+    assert list((tmp_path / "scratch").iterdir()) == []
+    f.close()
+    f.close()                                     # twice is fine
+    with pytest.raises(ValueError, match="closed file"):
+        next(f.chunks(2))
+
+
+def test_wrong_rows_are_refused(tmp_path):
+    x = _filled(4, channels_last=False)
+    f = RowFile(4, x, tmp_path)
+    with pytest.raises(ValueError, match="shape"):
+        f.append(x[:, :3])
+    with pytest.raises(ValueError, match="float32"):
+        f.append(x.double())
+    f.append(x[:3])
+    with pytest.raises(ValueError, match="3 of 4 rows written"):
+        next(f.chunks(2))
+    with pytest.raises(ValueError, match="5 rows written, this file keeps 4"):
+        f.append(x[:2])
+    with pytest.raises(ValueError, match="CPU"):
+        RowFile(4, x.to("meta"), tmp_path)
