@@ -273,3 +273,21 @@ def test_speed_switches_keep_the_metrics(tiny, tmp_path):
                                          tmp_path).chunk == 7
     # the lower part once per batch vs once per minibatch: the same eval-mode function, other batch sizes
     assert np.allclose(a["train_loss"], b["train_loss"], rtol=1e-3)
+
+
+def test_metrics_csv_is_written_as_pandas_would(tmp_path):
+    """write_metrics uses the csv module (the trainer does not import pandas): the very bytes of
+    pandas' to_csv with the suite's float format, missing values included."""
+    from latent_replay.results import FLOAT_FORMAT, METRIC_COLUMNS, write_metrics
+
+    rows = [dict(batch=0, kind="iteration_1", iteration=1, test_accuracy=0.123456789, train_loss=float("nan"),
+                 train_accuracy=1.0, train_seconds=12345678.9, eval_seconds=np.float64(1e-7), new_frames=300,
+                 classes_seen=10, memory_patterns=0, memory_bytes=196608000),
+            dict(batch=1, kind="batch", iteration=15, test_accuracy=0.5, train_loss=2.25, train_accuracy=0.0,
+                 train_seconds=0.1, eval_seconds=3.0, new_frames=300, classes_seen=11, memory_patterns=1500,
+                 memory_bytes=196608000)]
+    write_metrics(tmp_path / "m.csv", rows)
+    expected = pd.DataFrame(rows, columns=list(METRIC_COLUMNS)).to_csv(index=False, float_format=FLOAT_FORMAT)
+    assert (tmp_path / "m.csv").read_text() == expected
+    write_metrics(tmp_path / "empty.csv", [])
+    assert (tmp_path / "empty.csv").read_text() == ",".join(METRIC_COLUMNS) + "\n"

@@ -5,6 +5,7 @@ as one line ``Error: ...`` naming the file, line or argument, with exit code 1 (
 """
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 
@@ -21,8 +22,30 @@ log = logging.getLogger("latent_replay")
 USER_ERRORS = (ConfigError, DatasetError, FilelistError, FileExistsError, FileNotFoundError, ValueError)
 
 
+#: Subcommands defined in other modules: name -> (module, attribute). They are imported when used (or
+#: listed by --help), so that ``latent-replay train`` does not load pandas and matplotlib for figures.
+LAZY_COMMANDS = {
+    "weights": (".models.commands", "weights"),
+    "download": (".data.download_cli", "download"),
+    "figures": (".figures", "figures_command"),
+    "prepare": (".launch", "prepare_command"),
+    "glr-bench": (".glr_bench", "glr_bench_command"),
+    "sweep": (".sweep", "sweep_command"),
+}
+
+
 class Group(click.Group):
-    """A click group that turns the suite's input errors into one-line messages."""
+    """A click group that turns the suite's input errors into one-line messages and loads the
+    :data:`LAZY_COMMANDS` on first use."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, attr = LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module, __package__), attr), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -216,20 +239,6 @@ def demo(out, seed):
 
     run_demo(out, seed, echo=click.echo)
 
-
-def _register_subcommands() -> None:
-    from .data.download_cli import download
-    from .figures import figures_command
-    from .glr_bench import glr_bench_command
-    from .launch import prepare_command
-    from .models.commands import weights
-    from .sweep import sweep_command
-
-    for command in (weights, download, figures_command, prepare_command, glr_bench_command, sweep_command):
-        main.add_command(command)
-
-
-_register_subcommands()
 
 if __name__ == "__main__":
     main()
