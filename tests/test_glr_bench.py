@@ -329,7 +329,10 @@ def test_cli_mnist_from_idx_files(tmp_path):
     (("--epochs", 0), 1, "Error: --epochs must be >= 1, got 0"),
     (("--stream", "diagonal"), 2, "Error: Invalid value for '--stream': 'diagonal' is not one of 'permuted', "
                                   "'rotated', 'both'."),
-    (("--seeds", "x"), 2, "Error: Invalid value for '--seeds': 'x' is not a valid integer."),
+    (("--seeds", "x"), 2, "Error: Invalid value for '--seeds': 'x' is not a valid integer range."),
+    (("--seeds", 0), 2, "Error: Invalid value for '--seeds': 0 is not in the range x>=1."),
+    (("--max-train", 0), 2, "Error: Invalid value for '--max-train': 0 is not in the range x>=1."),
+    (("--threads", -1), 2, "Error: Invalid value for '--threads': -1 is not in the range x>=1."),
 ])
 def test_cli_bad_arguments_are_one_line(tmp_path, args, code, message):
     r = run_cli("glr-bench", "--out", tmp_path / "out", *args)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import textwrap
 from collections import Counter
@@ -876,20 +877,28 @@ def _add_legend(fig, handles, labels, ncol: int, title: str | None = None):
                    handlelength=2.2, columnspacing=1.2)
 
 
-def _save(fig, out: Path, stem: str, formats: Sequence[str]) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
+def save_figure(fig, paths: Sequence[Path], **savefig_kw) -> list[Path]:
+    """``fig`` saved to every path, in the format its suffix names, each through a temporary file in
+    the same folder renamed into place: an interrupted save never leaves a half-written figure."""
     quiet = logging.getLogger("fontTools")  # PDF font subsetting logs every glyph at INFO
     level = quiet.level
     quiet.setLevel(max(level, logging.WARNING))
     try:
-        for fmt in formats:
-            p = out / f"{stem}.{fmt}"
-            fig.savefig(p, format=fmt, bbox_inches="tight", pad_inches=0.03)
-            paths.append(p)
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+            try:
+                fig.savefig(tmp, format=p.suffix[1:] or None, **savefig_kw)
+                os.replace(tmp, p)
+            finally:
+                tmp.unlink(missing_ok=True)
     finally:
         quiet.setLevel(level)
-    return paths
+    return list(paths)
+
+
+def _save(fig, out: Path, stem: str, formats: Sequence[str]) -> list[Path]:
+    return save_figure(fig, [out / f"{stem}.{fmt}" for fmt in formats], bbox_inches="tight", pad_inches=0.03)
 
 
 def _layer_ticks(ax, layers: Sequence[str]) -> None:

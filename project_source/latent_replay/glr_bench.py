@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data.digits import ROTATIONS, STREAMS, DigitData, Experience, load_digits_data, load_mnist, make_stream
+from .figures import save_figure
 from .metrics import accuracy_matrix_frame, summary
 from .replay import ReplayMemory, choose_update
 from .replay.generative import MODES, NONNEG, GenerativeReplay
@@ -537,18 +538,10 @@ def plot_average_accuracy(results: list[RunResult], path: Path, title: str = "",
         ax.set_title(title + (f" (mean of {seeds} seeds)" if seeds > 1 else ""), fontsize=8)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     paths = [path] if formats is None else [path.parent / f"{path.name}.{f.strip()}" for f in formats if f.strip()]
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        for p in paths:
-            tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
-            try:
-                fig.savefig(tmp, dpi=150)
-                tmp.replace(p)
-            finally:
-                tmp.unlink(missing_ok=True)
+        return save_figure(fig, paths, dpi=150)
     finally:
         plt.close(fig)
-    return paths
 
 
 def _label(spec: RunSpec) -> str:
@@ -695,7 +688,8 @@ def _method_list(text: str) -> tuple:
 @click.option("--mnist-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/mnist"),
               show_default=True, help="Folder with train-images-idx3-ubyte[.gz] and the three other MNIST files.")
 @click.option("--no-verify", is_flag=True, help="Do not check the MNIST files' SHA-256 (structure is still checked).")
-@click.option("--max-train", type=int, default=None, help="Use at most this many training images (seeded subset).")
+@click.option("--max-train", type=click.IntRange(min=1), default=None,
+              help="Use at most this many training images (seeded subset).")
 @click.option("--stream", type=click.Choice(["permuted", "rotated", "both"]), default="both", show_default=True)
 @click.option("--sweep", type=click.Choice(["none", "freeze", "buffer", "all"]), default="none", show_default=True,
               help="none: the method comparison; freeze: latent methods at every split; buffer: memory sizes "
@@ -715,9 +709,10 @@ def _method_list(text: str) -> tuple:
 @click.option("--glr-nonneg", type=click.Choice(list(NONNEG)), default=BenchSettings.glr_nonneg, show_default=True,
               help="What GLR does about negative samples of ReLU latents.")
 @click.option("--seed", default=0, show_default=True, help="First seed (also seeds the digits train/test split).")
-@click.option("--seeds", default=5, show_default=True, help="Repeat every run with seeds SEED..SEED+SEEDS-1.")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Repeat every run with seeds SEED..SEED+SEEDS-1.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPU threads for torch and BLAS (the models are tiny: more threads only add overhead, and "
                    "results can depend on the thread count).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results/glr-bench"),
@@ -738,12 +733,6 @@ def glr_bench_command(data, mnist_dir, no_verify, max_train, stream, sweep, meth
     for sw in sweeps:
         plan_runs(all_settings[0], 100, sw, methods)
     dev = resolve_device(device)
-    if max_train is not None and max_train < 1:
-        raise ValueError(f"--max-train must be >= 1, got {max_train}")
-    if threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {threads}")
-    if seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {seeds}")
     dataset = load_data(data, mnist_dir=mnist_dir, verify=not no_verify, seed=seed, max_train=max_train)
     t0 = time.perf_counter()
     for settings in all_settings:
