@@ -377,3 +377,20 @@ def test_reference_parser_real_files():
         assert ref[s]["AR1*"][:, 0] == pytest.approx(7.174) and ref[s]["AR1*"][:, 1] == pytest.approx(14.0)
     assert round(ref[391]["NAIVE"][:, -1].mean(), 2) == 8.03
     assert round(ref[79]["EWC"][:, -1].mean(), 2) == 36.98
+
+
+def test_figures_are_written_atomically(tmp_path):
+    """save_figure writes through a temporary file renamed into place: a failed save leaves neither a
+    partial figure nor a temporary file behind."""
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    png, pdf = tmp_path / "f" / "curve.png", tmp_path / "f" / "curve.pdf"
+    assert F.save_figure(fig, [png, pdf], dpi=50) == [png, pdf]
+    assert png.read_bytes().startswith(b"\x89PNG") and pdf.read_bytes().startswith(b"%PDF")
+    before = png.read_bytes()
+    with pytest.raises(ValueError, match="Format 'nope' is not supported"):
+        F.save_figure(fig, [png, tmp_path / "f" / "curve.nope"], dpi=80)
+    assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["curve.pdf", "curve.png"]
+    assert png.read_bytes() != before and png.read_bytes().startswith(b"\x89PNG")   # the one before, whole
