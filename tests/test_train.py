@@ -252,6 +252,54 @@ def test_test_latents_in_a_file(tiny, tmp_path):
     rt.test_cache.close()
 
 
+def test_test_latents_file_falls_back(tiny, tmp_path, monkeypatch, caplog):
+    """A frame cache folder without room for the file: the run folder takes it; neither, or a write
+    that fails half-way (disk full): the latents stay in memory, with a warning, same accuracy."""
+    import errno
+
+    import latent_replay.train as train_module
+
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=2)
+    trainer = Trainer(cfg, progress=False)
+    refused, made = set(), []
+
+    class PickyRowFile(RowFile):
+        def __init__(self, n, template, directory):
+            if Path(directory) in refused:
+                raise PermissionError(errno.EACCES, "Permission denied", str(directory))
+            super().__init__(n, template, directory)
+            made.append(Path(directory))
+
+    monkeypatch.setattr(train_module, "RowFile", PickyRowFile)
+
+    def cached_after_batch_1(run_dir):
+        rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), run_dir,
+                        progress=False)
+        rt.train_batch(0)
+        rt.batches_done = 1
+        rt.train_batch(1)
+        return rt
+
+    reference = cached_after_batch_1(tmp_path / "a")
+    assert made == [trainer.frames.cache_file.parent] and isinstance(reference.test_cache, RowFile)
+    refused.add(trainer.frames.cache_file.parent)
+    rt = cached_after_batch_1(tmp_path / "b")
+    assert made[-1] == tmp_path / "b" and isinstance(rt.test_cache, RowFile)
+    assert "no temporary file in" in caplog.text
+    refused.add(tmp_path / "c")
+    rt = cached_after_batch_1(tmp_path / "c")
+    assert isinstance(rt.test_cache, torch.Tensor) and rt.evaluate() == reference.evaluate()
+
+    def full(self, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    refused.clear()
+    monkeypatch.setattr(PickyRowFile, "append", full)
+    rt = cached_after_batch_1(tmp_path / "d")
+    assert isinstance(rt.test_cache, torch.Tensor) and rt.evaluate() == reference.evaluate()
+    assert "writing them to a file failed ([Errno 28] No space left on device); keeping them in memory" in caplog.text
+
+
 def test_speed_switches_keep_the_metrics(tiny, tmp_path):
     """Issue #8: the speed switches off (the plain path) give the metrics of the default fast path.
 

@@ -214,9 +214,10 @@ class ExperimentConfig:
     #: Evaluate the upper part only, on test-set latents cached while the lower part is frozen.
     cache_test_latents: bool = True
     #: On the CPU, keep those cached test latents in an unnamed temporary file (in the frame cache's
-    #: folder, else the run folder) and read them back chunk by chunk at each evaluation, instead of in
-    #: the trainer's heap: 295 MB less resident at conv5_4/dw (2,249 test frames at 128x128); the file's
-    #: pages stay in the kernel's page cache. On a GPU the latents stay on the device.
+    #: folder, else the run folder; in memory, with a warning, where neither can take it) and read them
+    #: back chunk by chunk at each evaluation, instead of in the trainer's heap: 295 MB less resident at
+    #: conv5_4/dw (2,249 test frames at 128x128); the file's pages stay in the kernel's page cache, which
+    #: can drop them under memory pressure. On a GPU the latents stay on the device.
     test_latents_in_file: bool = True
     #: channels-last memory layout (1.3-1.7x faster convolutions on CPU).
     channels_last: bool = True

@@ -297,25 +297,38 @@ class RunTrainer:
             self.model.eval()
             frames = self.test_frames
             if self.cfg.test_latents_in_file and self.device.type == "cpu":
-                for i, y in self._lower_chunks(self.lower, frames):
-                    if i == 0:
-                        self.test_cache = RowFile(len(frames), y, self._scratch_dir)
-                    self.test_cache.append(y)
-            else:
+                self.test_cache = self._test_latents_file(frames)
+            if self.test_cache is None:
                 self.test_cache = self._lower_pass(self.lower, frames)
             self._release()   # once: the whole test list went through the lower part
+
+    def _test_latents_file(self, frames: torch.Tensor) -> RowFile | None:
+        """The lower part's latents of ``frames`` written to a :class:`RowFile` in the frame cache's
+        folder (chosen as fast local storage), else in the run folder; None, with a warning, where
+        neither can take it (read-only, full): the latents are then kept in memory."""
+        cache = self.frames.cache_file
+        folders = ([Path(cache).parent] if cache is not None else []) + [self.dir]
+        rows = None
+        try:
+            for _, y in self._lower_chunks(self.lower, frames):
+                while rows is None:
+                    try:
+                        rows = RowFile(len(frames), y, folders[0])
+                    except OSError as exc:
+                        log.warning("test latents: no temporary file in %s (%s)", folders.pop(0), exc)
+                        if not folders:
+                            return None
+                rows.append(y)
+        except OSError as exc:
+            log.warning("test latents: writing them to a file failed (%s); keeping them in memory", exc)
+            rows.close()
+            return None
+        return rows
 
     def _drop_test_cache(self) -> None:
         if isinstance(self.test_cache, RowFile):
             self.test_cache.close()
         self.test_cache = None
-
-    @property
-    def _scratch_dir(self) -> Path:
-        """Where the test-latent file goes: the frame cache's folder (chosen as fast local storage),
-        else the run folder."""
-        cache = self.frames.cache_file
-        return Path(cache).parent if cache is not None else self.dir
 
     def _latent_bytes(self, layer: str) -> int:
         from .models import latent_shape
