@@ -299,19 +299,15 @@ class _Run:
         """Put experience ``t`` into the memory; ``z``: the latents of ``x`` if already computed with the
         current (frozen) lower part."""
         spec = self.spec
-        if spec.method == "replay":
-            pick, keep = choose_update(self.slot_rng, spec.memory, t, len(y), len(self.memory))
-            rows = torch.from_numpy(exp.train_images[pick]).to(self.device)
-            self.memory.insert(rows, y[torch.as_tensor(pick, device=self.device)], keep)
-            return
-        if z is None:
+        if spec.method != "replay" and z is None:
             z = self._lower_latents(x)
-        if spec.method == "latent":
-            pick, keep = choose_update(self.slot_rng, spec.memory, t, len(y), len(self.memory))
-            p = torch.as_tensor(pick, device=self.device)
-            self.memory.insert(z[p], y[p], keep)
-        else:
+        if spec.method not in ("replay", "latent"):     # generative: the memory fits its models
             self.memory.update(self.slot_rng, t, z, y)
+            return
+        pick, keep = choose_update(self.slot_rng, spec.memory, t, len(y), len(self.memory))
+        p = torch.as_tensor(pick, device=self.device)
+        rows = torch.from_numpy(exp.train_images[pick]).to(self.device) if spec.method == "replay" else z[p]
+        self.memory.insert(rows, y[p], keep)
 
     @torch.no_grad()
     def evaluate(self) -> np.ndarray:
