@@ -64,3 +64,26 @@ def test_wrong_rows_are_refused(tmp_path):
         f.append(x[:2])
     with pytest.raises(ValueError, match="CPU"):
         RowFile(4, x.to("meta"), tmp_path)
+
+
+def test_a_full_disk_fails_at_creation(tmp_path, monkeypatch):
+    """The file's whole size is reserved when it is made: a full disk fails then, not half-way."""
+    import errno
+
+    import latent_replay.rowfile as rowfile
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rowfile.os, "posix_fallocate", full)
+    with pytest.raises(OSError, match="No space left"):
+        RowFile(4, _filled(4, channels_last=False), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_chunk_size_must_be_positive(tmp_path):
+    x = _filled(3, channels_last=False)
+    f = RowFile(3, x, tmp_path)
+    f.append(x)
+    with pytest.raises(ValueError, match="chunk size must be >= 1, got 0"):
+        next(f.chunks(0))

@@ -253,8 +253,9 @@ def test_test_latents_in_a_file(tiny, tmp_path):
 
 
 def test_test_latents_file_falls_back(tiny, tmp_path, monkeypatch, caplog):
-    """A frame cache folder without room for the file: the run folder takes it; neither, or a write
-    that fails half-way (disk full): the latents stay in memory, with a warning, same accuracy."""
+    """A frame cache folder that cannot take the file (read-only, or full: RowFile reserves the whole
+    size when it is made): the run folder takes it; neither, or a write that still fails: the latents
+    stay in memory, with a warning, the same accuracy, and the failed file is closed."""
     import errno
 
     import latent_replay.train as train_module
@@ -266,9 +267,9 @@ def test_test_latents_file_falls_back(tiny, tmp_path, monkeypatch, caplog):
     class PickyRowFile(RowFile):
         def __init__(self, n, template, directory):
             if Path(directory) in refused:
-                raise PermissionError(errno.EACCES, "Permission denied", str(directory))
+                raise OSError(errno.ENOSPC, "No space left on device", str(directory))
             super().__init__(n, template, directory)
-            made.append(Path(directory))
+            made.append((Path(directory), self))
 
     monkeypatch.setattr(train_module, "RowFile", PickyRowFile)
 
@@ -281,23 +282,54 @@ def test_test_latents_file_falls_back(tiny, tmp_path, monkeypatch, caplog):
         return rt
 
     reference = cached_after_batch_1(tmp_path / "a")
-    assert made == [trainer.frames.cache_file.parent] and isinstance(reference.test_cache, RowFile)
+    assert made[-1][0] == trainer.frames.cache_file.parent and isinstance(reference.test_cache, RowFile)
     refused.add(trainer.frames.cache_file.parent)
     rt = cached_after_batch_1(tmp_path / "b")
-    assert made[-1] == tmp_path / "b" and isinstance(rt.test_cache, RowFile)
+    assert made[-1][0] == tmp_path / "b" and isinstance(rt.test_cache, RowFile)
     assert "no temporary file in" in caplog.text
     refused.add(tmp_path / "c")
     rt = cached_after_batch_1(tmp_path / "c")
     assert isinstance(rt.test_cache, torch.Tensor) and rt.evaluate() == reference.evaluate()
 
-    def full(self, rows):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def failing_write(self, rows):
+        raise OSError(errno.EIO, "Input/output error")
 
     refused.clear()
-    monkeypatch.setattr(PickyRowFile, "append", full)
+    monkeypatch.setattr(PickyRowFile, "append", failing_write)
     rt = cached_after_batch_1(tmp_path / "d")
     assert isinstance(rt.test_cache, torch.Tensor) and rt.evaluate() == reference.evaluate()
-    assert "writing them to a file failed ([Errno 28] No space left on device); keeping them in memory" in caplog.text
+    assert "writing them to a file failed ([Errno 5] Input/output error); keeping them in memory" in caplog.text
+    assert made[-1][1]._file.closed
+
+
+def test_test_latents_file_at_resume_and_end(tiny, tmp_path, monkeypatch):
+    """After a resume the file is made by the first evaluation (inside inference mode): the same
+    accuracy as in memory. train() closes it at the end of the run."""
+    import latent_replay.train as train_module
+
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=2)
+    trainer = Trainer(cfg, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), tmp_path / "r",
+                    progress=False)
+    rt.train_batch(0)
+    rt.batches_done = 1
+    acc = rt.evaluate()
+    assert isinstance(rt.test_cache, RowFile)
+    rt._drop_test_cache()
+    rt.cfg = cfg.replace(test_latents_in_file=False)
+    assert rt.evaluate() == acc and isinstance(rt.test_cache, torch.Tensor)
+    made = []
+
+    class Recorded(RowFile):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+
+    monkeypatch.setattr(train_module, "RowFile", Recorded)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), tmp_path / "t",
+                    progress=False)
+    rt.train()
+    assert len(made) == 1 and made[0]._file.closed and rt.test_cache is None
 
 
 def test_speed_switches_keep_the_metrics(tiny, tmp_path):

@@ -217,7 +217,8 @@ class ExperimentConfig:
     #: folder, else the run folder; in memory, with a warning, where neither can take it) and read them
     #: back chunk by chunk at each evaluation, instead of in the trainer's heap: 295 MB less resident at
     #: conv5_4/dw (2,249 test frames at 128x128); the file's pages stay in the kernel's page cache, which
-    #: can drop them under memory pressure. On a GPU the latents stay on the device.
+    #: can drop them under memory pressure (not on tmpfs, where they are shared memory). Set
+    #: ``cache_dir`` to local disk for this, not to a shared file system. On a GPU they stay on the device.
     test_latents_in_file: bool = True
     #: channels-last memory layout (1.3-1.7x faster convolutions on CPU).
     channels_last: bool = True

@@ -880,6 +880,7 @@ def _add_legend(fig, handles, labels, ncol: int, title: str | None = None):
 def save_figure(fig, paths: Sequence[Path], **savefig_kw) -> list[Path]:
     """``fig`` saved to every path, in the format its suffix names, each through a temporary file in
     the same folder renamed into place: an interrupted save never leaves a half-written figure."""
+    paths = list(paths)
     quiet = logging.getLogger("fontTools")  # PDF font subsetting logs every glyph at INFO
     level = quiet.level
     quiet.setLevel(max(level, logging.WARNING))
@@ -894,7 +895,7 @@ def save_figure(fig, paths: Sequence[Path], **savefig_kw) -> list[Path]:
                 tmp.unlink(missing_ok=True)
     finally:
         quiet.setLevel(level)
-    return list(paths)
+    return paths
 
 
 def _save(fig, out: Path, stem: str, formats: Sequence[str]) -> list[Path]:

@@ -62,7 +62,9 @@ def _jsonable(value):
 
 
 def _cell(value):
-    """One metrics.csv cell as :func:`write_csv` would write it: floats with FLOAT_FORMAT, missing empty."""
+    """One metrics.csv cell as :func:`write_csv` would write it: floats with FLOAT_FORMAT, missing empty.
+    (Byte-equal for the trainer's rows, whose columns each hold one type; pandas would write an integer
+    column with a missing value as floats.)"""
     if value is None or (isinstance(value, (float, np.floating)) and math.isnan(value)):
         return ""
     if isinstance(value, (float, np.floating)):

@@ -2,12 +2,14 @@
 
 The CPU trainer keeps the cached test latents here (``test_latents_in_file``): they are written once,
 while the lower part is frozen, and read back in order at every evaluation with ``preadv``. The pages
-then live in the kernel's page cache (reclaimable, written back to disk under memory pressure), not in
-the trainer's resident set: 295 MB at conv5_4/dw for the 2,249-frame test list at 128x128.
+then live in the kernel's page cache, not in the trainer's resident set: 295 MB at conv5_4/dw for the
+2,249-frame test list at 128x128. On a disk-backed file system the kernel can write them back and drop
+them under memory pressure; on tmpfs they are shared memory, which it can only swap.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import weakref
@@ -34,10 +36,16 @@ class RowFile:
         # rows are stored in their memory order: NHWC for a channels-last tensor, as given otherwise
         self.channels_last = (template.dim() == 4 and not template.is_contiguous()
                               and template.is_contiguous(memory_format=torch.channels_last))
-        self.row_bytes = template[:1].numel() * template.element_size()
+        self.row_bytes = math.prod(self.shape) * template.element_size()
         Path(directory).mkdir(parents=True, exist_ok=True)
         self._file = tempfile.TemporaryFile(dir=directory, prefix=".latents-", buffering=0)
         self._close = weakref.finalize(self, self._file.close)   # closed with the object at the latest
+        if self.nbytes:
+            try:   # the whole size now: a full disk fails here, not half-way through the writes
+                os.posix_fallocate(self._file.fileno(), 0, self.nbytes)
+            except OSError:
+                self.close()
+                raise
         self.written = 0
 
     @property
@@ -65,6 +73,8 @@ class RowFile:
         valid until the next one is read."""
         if self.written != self.n:
             raise ValueError(f"{self.written} of {self.n} rows written")
+        if size < 1:
+            raise ValueError(f"chunk size must be >= 1, got {size}")
         layout = (size, *self.shape)
         if self.channels_last:
             c, h, w = self.shape

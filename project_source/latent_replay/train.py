@@ -304,8 +304,9 @@ class RunTrainer:
 
     def _test_latents_file(self, frames: torch.Tensor) -> RowFile | None:
         """The lower part's latents of ``frames`` written to a :class:`RowFile` in the frame cache's
-        folder (chosen as fast local storage), else in the run folder; None, with a warning, where
-        neither can take it (read-only, full): the latents are then kept in memory."""
+        folder, else in the run folder (where the file cannot be made or its size reserved: read-only,
+        full); None, with a warning, where neither can take it or a write fails: the latents are then
+        kept in memory."""
         cache = self.frames.cache_file
         folders = ([Path(cache).parent] if cache is not None else []) + [self.dir]
         rows = None
@@ -321,7 +322,8 @@ class RunTrainer:
                 rows.append(y)
         except OSError as exc:
             log.warning("test latents: writing them to a file failed (%s); keeping them in memory", exc)
-            rows.close()
+            if rows is not None:
+                rows.close()
             return None
         return rows
 
@@ -505,7 +507,7 @@ class RunTrainer:
         for i in range(0, len(frames_u8), k):
             with torch.inference_mode():
                 y = part(self._pre(frames_u8[i:i + k]))
-            yield i, y      # outside inference mode: the caller's tensors are ordinary ones
+            yield i, y      # outside inference mode: what the caller makes from y is ordinary (y is not)
 
     def _release(self) -> None:
         """Return freed heap memory to the kernel (``release_memory``): only after batch 0 and after
