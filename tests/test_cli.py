@@ -99,3 +99,21 @@ def test_training_does_not_load_pandas():
     assert out.strip() == "[]"
     assert set(main.list_commands(None)) >= {"train", "figures", "sweep", "prepare", "glr-bench", "weights"}
     assert main.get_command(None, "figures").name == "figures"
+
+
+def test_usage_errors_are_one_line():
+    """click's usage errors, the group's own and any subcommand's (lazily loaded or not, nested or not),
+    are one `Error:` line with exit code 2; a group called without arguments shows its help."""
+    cases = [
+        (("train", "--bogus"), "Error: No such option '--bogus'. (Did you mean one of: '--out', '--runs'?)"),
+        (("train", "--runs", "x"),
+         "Error: Invalid value for '--runs': 'x' is not a list or range of integers (e.g. 0-4 or 0,2,4)"),
+        (("sweep", "status"), "Error: Missing argument 'SWEEP_DIR'."),
+        (("figures", "--formats", "png"), "Error: No such option '--formats'. Did you mean '--format'?"),
+        (("--bogus",), "Error: No such option '--bogus'."),
+    ]
+    for args, message in cases:
+        r = CliRunner().invoke(main, list(args))
+        assert (r.exit_code, r.stderr) == (2, message + "\n"), args
+    r = CliRunner().invoke(main, ["sweep"])
+    assert r.exit_code == 2 and "Usage: main sweep" in r.output and "Error" not in r.output

@@ -34,9 +34,27 @@ LAZY_COMMANDS = {
 }
 
 
+class OneLineUsageError(click.ClickException):
+    """A usage error (unknown option, bad or missing value) as one ``Error:`` line, exit code 2."""
+
+    exit_code = 2
+
+
+def _one_line(exc: click.UsageError) -> click.ClickException:
+    if isinstance(exc, click.exceptions.NoArgsIsHelpError):   # a group without arguments: its help
+        return exc
+    return OneLineUsageError(exc.format_message())
+
+
 class Group(click.Group):
-    """A click group that turns the suite's input errors into one-line messages and loads the
-    :data:`LAZY_COMMANDS` on first use."""
+    """A click group that turns the suite's input errors and click's usage errors (its own and its
+    subcommands') into one-line messages, and loads the :data:`LAZY_COMMANDS` on first use."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def list_commands(self, ctx):
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
@@ -50,6 +68,8 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
         except USER_ERRORS as exc:
             raise click.ClickException(str(exc)) from None
 

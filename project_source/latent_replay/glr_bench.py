@@ -656,20 +656,6 @@ def _run_benchmark(data, settings, out, sweep, methods, seeds, device, plot, pro
 
 
 # ====================================================================== command line
-class _UsageError(click.ClickException):
-    """A bad option value, shown as one ``Error:`` line (exit code 2, as click's usage errors)."""
-
-    exit_code = 2
-
-
-class _OneLineCommand(click.Command):
-    def make_context(self, info_name, args, parent=None, **extra):
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise _UsageError(exc.format_message()) from None
-
-
 def _seed_words(seed: int, seeds: int) -> str:
     return f"seed {seed}" if seeds == 1 else f"seeds {seed}..{seed + seeds - 1}, mean ± std"
 
@@ -678,7 +664,7 @@ def _method_list(text: str) -> tuple:
     return check_methods(tuple(m.strip() for m in text.split(",") if m.strip()))
 
 
-@click.command("glr-bench", cls=_OneLineCommand)
+@click.command("glr-bench")
 @click.option("--data", type=click.Choice(["digits", "mnist"]), default="digits", show_default=True,
               help="digits: scikit-learn's bundled 8x8 digits (offline); mnist: the four IDX files in --mnist-dir.")
 @click.option("--mnist-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data/mnist"),
