@@ -87,3 +87,18 @@ def test_chunk_size_must_be_positive(tmp_path):
     f.append(x)
     with pytest.raises(ValueError, match="chunk size must be >= 1, got 0"):
         next(f.chunks(0))
+
+
+def test_no_reservation_where_the_file_system_has_none(tmp_path, monkeypatch):
+    import errno
+
+    import latent_replay.rowfile as rowfile
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(rowfile.os, "posix_fallocate", unsupported)
+    x = _filled(5, channels_last=True)
+    f = RowFile(5, x, tmp_path)
+    f.append(x)
+    assert torch.equal(torch.cat([c.clone() for c in f.chunks(2)]), x)

@@ -9,6 +9,7 @@ them under memory pressure; on tmpfs they are shared memory, which it can only s
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import tempfile
@@ -17,6 +18,11 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+
+#: posix_fallocate errors that mean "this file system cannot reserve space": the file is then used
+#: without a reservation (a full disk shows at the first write that does not fit).
+_NO_RESERVATION = {errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS}
 
 
 def _bytes(t: torch.Tensor) -> memoryview:
@@ -43,9 +49,10 @@ class RowFile:
         if self.nbytes:
             try:   # the whole size now: a full disk fails here, not half-way through the writes
                 os.posix_fallocate(self._file.fileno(), 0, self.nbytes)
-            except OSError:
-                self.close()
-                raise
+            except OSError as exc:
+                if exc.errno not in _NO_RESERVATION:
+                    self.close()
+                    raise
         self.written = 0
 
     @property
