@@ -46,7 +46,7 @@ class RowFile:
         Path(directory).mkdir(parents=True, exist_ok=True)
         self._file = tempfile.TemporaryFile(dir=directory, prefix=".latents-", buffering=0)
         self._close = weakref.finalize(self, self._file.close)   # closed with the object at the latest
-        if self.nbytes:
+        if self.nbytes and hasattr(os, "posix_fallocate"):   # not on macOS
             try:   # the whole size now: a full disk fails here, not half-way through the writes
                 os.posix_fallocate(self._file.fileno(), 0, self.nbytes)
             except OSError as exc:
