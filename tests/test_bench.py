@@ -123,6 +123,8 @@ def test_compare_avalanche_our_side_quick():
     assert len(ours["accuracy_per_batch"]) == 3 and 0 <= ours["final_accuracy"] <= 1
     assert ours["incremental_img_s"] > 0 and ours["peak_rss_bytes"] > 0 and ours["memory_bytes"] > 0
     assert 0 < ours["peak_rss_incremental_bytes"] <= ours["peak_rss_bytes"]
+    # the quick stream's 24 test latents at conv5_4/dw (128x128): 512 x 8 x 8 float32 each, in a file
+    assert ours["test_latents_file_bytes"] == 24 * 512 * 8 * 8 * 4
 
 
 def test_memory_phases_quick_labels_every_phase():
@@ -156,7 +158,7 @@ def test_compare_summary_and_ratios_from_runs():
     s = compare_avalanche.summarise(run(2.0, [0.9, 0.0, 0.0]))
     assert s["incremental_img_s"] == 50 and s["first_batch_img_s"] == 50
     assert (s["peak_rss_bytes"], s["peak_rss_incremental_bytes"]) == (1000, 400)
-    assert s["replay_label_mismatch_per_batch"] == [0.9, 0.0, 0.0]
+    assert s["replay_label_mismatch_per_batch"] == [0.9, 0.0, 0.0] and s["test_latents_file_bytes"] == 0
     assert "replay_label_mismatch_per_batch" not in compare_avalanche.summarise(run(1.0))
     assert compare_avalanche._median([[1, 2], [3, 4], [5, 6]]) == [3, 4]
 
@@ -168,5 +170,6 @@ def test_compare_avalanche_both_sides_quick():
     out = _run("compare_avalanche.py", "--quick", "--threads", "1", timeout=900)
     assert out["versions"]["avalanche"]["avalanche"] == "0.6.0"
     assert set(out["ratios"]) >= {"incremental_throughput_ours_over_avalanche", "peak_rss_ours_over_avalanche",
-                                  "peak_rss_incremental_ours_over_avalanche"}
+                                  "peak_rss_incremental_ours_over_avalanche",
+                                  "peak_rss_incremental_with_test_latents_file_ours_over_avalanche"}
     assert len(out["results"]["avalanche"]["replay_label_mismatch_per_batch"]) == 3
