@@ -102,3 +102,23 @@ def test_no_reservation_where_the_file_system_has_none(tmp_path, monkeypatch):
     f = RowFile(5, x, tmp_path)
     f.append(x)
     assert torch.equal(torch.cat([c.clone() for c in f.chunks(2)]), x)
+
+
+def test_positional_io_helpers(tmp_path):
+    """pread_into / pwrite_all (shared by the frame store and RowFile): whole buffers at an offset, and
+    a one-line error naming what ended where the file is too short."""
+    import os
+
+    from latent_replay.utils import pread_into, pwrite_all
+
+    fd = os.open(tmp_path / "f.bin", os.O_RDWR | os.O_CREAT)
+    try:
+        pwrite_all(fd, memoryview(b"0123456789"), 3)
+        assert os.pread(fd, 13, 0) == b"\0\0\x000123456789"
+        buf = bytearray(4)
+        pread_into(fd, memoryview(buf), 5, "unused")
+        assert buf == b"2345"
+        with pytest.raises(OSError, match="^f.bin: file ends before row 7$"):
+            pread_into(fd, memoryview(bytearray(8)), 9, "f.bin: file ends before row 7")
+    finally:
+        os.close(fd)

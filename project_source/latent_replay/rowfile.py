@@ -19,6 +19,8 @@ from typing import Iterator
 
 import torch
 
+from .utils import pread_into, pwrite_all
+
 
 #: posix_fallocate errors that mean "this file system cannot reserve space": the file is then used
 #: without a reservation (a full disk shows at the first write that does not fit).
@@ -69,10 +71,7 @@ class RowFile:
                              f"{self.shape} / {self.dtype}")
         if self.written + len(rows) > self.n:
             raise ValueError(f"{self.written + len(rows)} rows written, this file keeps {self.n}")
-        view, pos = _bytes(self._stored(rows.detach().cpu())), self.written * self.row_bytes
-        while view.nbytes:
-            k = os.pwritev(self._file.fileno(), [view], pos)
-            view, pos = view[k:], pos + k
+        pwrite_all(self._file.fileno(), _bytes(self._stored(rows.detach().cpu())), self.written * self.row_bytes)
         self.written += len(rows)
 
     def chunks(self, size: int) -> Iterator[torch.Tensor]:
@@ -89,12 +88,8 @@ class RowFile:
         buffer = torch.empty(layout, dtype=self.dtype)
         for start in range(0, self.n, size):
             part = buffer[:min(size, self.n - start)]
-            view, pos = _bytes(part), start * self.row_bytes
-            while view.nbytes:
-                k = os.preadv(self._file.fileno(), [view], pos)
-                if k <= 0:
-                    raise OSError(f"latent file ends before row {start + len(part) - 1}")
-                view, pos = view[k:], pos + k
+            pread_into(self._file.fileno(), _bytes(part), start * self.row_bytes,
+                       f"latent file ends before row {start + len(part) - 1}")
             yield part.permute(0, 3, 1, 2) if self.channels_last else part
 
     def close(self) -> None:

@@ -1,10 +1,12 @@
-"""Small shared helpers: integer list parsing, logging set-up and returning freed heap memory."""
+"""Small shared helpers: integer list parsing, logging set-up, positional file I/O and returning freed heap
+memory."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import re
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
@@ -46,6 +48,23 @@ def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         force=True)
+
+
+def pread_into(fd: int, buffer: memoryview, pos: int, eof_message: str) -> None:
+    """Fill ``buffer`` from ``fd`` at byte ``pos`` (``preadv``, repeated after short reads); OSError
+    with ``eof_message`` where the file ends first."""
+    while buffer.nbytes:
+        n = os.preadv(fd, [buffer], pos)
+        if n <= 0:
+            raise OSError(eof_message)
+        buffer, pos = buffer[n:], pos + n
+
+
+def pwrite_all(fd: int, buffer: memoryview, pos: int) -> None:
+    """Write all of ``buffer`` to ``fd`` at byte ``pos`` (``pwritev``, repeated after short writes)."""
+    while buffer.nbytes:
+        n = os.pwritev(fd, [buffer], pos)
+        buffer, pos = buffer[n:], pos + n
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
+from ..utils import pread_into
 from .filelists import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -213,13 +214,8 @@ def _read_rows(images: np.memmap, rows: np.ndarray, fd: int) -> np.ndarray:
     srt = rows[order]
     cuts = np.flatnonzero(np.diff(srt) != 1) + 1
     for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(srt)]):
-        view = memoryview(target[a:b]).cast("B")
-        pos = images.offset + int(srt[a]) * row_bytes
-        while view.nbytes:
-            n = os.preadv(fd, [view], pos)
-            if n <= 0:
-                raise OSError(f"{images.filename}: file ends before row {int(srt[b - 1])}")
-            view, pos = view[n:], pos + n
+        pread_into(fd, memoryview(target[a:b]).cast("B"), images.offset + int(srt[a]) * row_bytes,
+                   f"{images.filename}: file ends before row {int(srt[b - 1])}")
     if not in_order:
         out[order] = target
     return out
