@@ -14,6 +14,7 @@ upper part learns. Batch 0 trains the whole network.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -307,23 +308,26 @@ class RunTrainer:
         folder, else in the run folder (where the file cannot be made or its size reserved: read-only,
         full); None, with a warning, where neither can take it or a write fails: the latents are then
         kept in memory."""
+        chunks = self._lower_chunks(self.lower, frames)
+        first = next(chunks, None)
+        if first is None:
+            return None
         cache = self.frames.cache_file
-        folders = ([Path(cache).parent] if cache is not None else []) + [self.dir]
         rows = None
+        for folder in ([Path(cache).parent] if cache is not None else []) + [self.dir]:
+            try:
+                rows = RowFile(len(frames), first[1], folder)
+                break
+            except OSError as exc:
+                log.warning("test latents: no temporary file in %s (%s)", folder, exc)
+        if rows is None:
+            return None
         try:
-            for _, y in self._lower_chunks(self.lower, frames):
-                while rows is None:
-                    try:
-                        rows = RowFile(len(frames), y, folders[0])
-                    except OSError as exc:
-                        log.warning("test latents: no temporary file in %s (%s)", folders.pop(0), exc)
-                        if not folders:
-                            return None
+            for _, y in itertools.chain([first], chunks):
                 rows.append(y)
         except OSError as exc:
             log.warning("test latents: writing them to a file failed (%s); keeping them in memory", exc)
-            if rows is not None:
-                rows.close()
+            rows.close()
             return None
         return rows
 
