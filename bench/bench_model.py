@@ -7,7 +7,9 @@ Measured, in images (or latent rows) per second:
 * ``upper@pool6``: the classifier only, on 1024-d latents.
 
 For each: ``forward`` = eval-mode inference (``torch.inference_mode``), ``train`` = training-mode
-forward (batch statistics, r/d, running-statistics update) + cross-entropy backward (no optimiser step).
+forward (batch statistics, r/d, running-statistics update) + cross-entropy backward (no optimiser step),
+keeping both activations of each layer for the backward pass as the trainer does by default
+(``--recompute``: the ``recompute_bn_relu`` memory switch).
 Rates use the median time of ``--iters`` timed iterations after ``--warmup`` untimed ones.
 
 How close to the machine that is: ``train_gflop_s`` counts the multiply-adds of the forward, the
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "project_source"))
 from latent_replay.models import (  # noqa: E402
-    CAFFE_NAMES, MobileNetV1, latent_shape, mac_counts, split, stop_layer,
+    CAFFE_NAMES, MobileNetV1, latent_shape, mac_counts, recompute_bn_relu, split, stop_layer,
 )
 
 TUNED = "glibc.malloc.mmap_threshold=4294967296"
@@ -69,7 +71,7 @@ def _time(fn, iters: int, warmup: int, device) -> float:
     return statistics.median(times)
 
 
-def bench_part(module, shape, batch_size, iters, warmup, device, channels_last, num_classes=50):
+def bench_part(module, shape, batch_size, iters, warmup, device, channels_last, recompute=False, num_classes=50):
     x = torch.randn((batch_size,) + tuple(shape), device=device)
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -81,7 +83,9 @@ def bench_part(module, shape, batch_size, iters, warmup, device, channels_last, 
 
     def train():
         module.zero_grad(set_to_none=True)
-        F.cross_entropy(module(x), y).backward()
+        with recompute_bn_relu(recompute):
+            out = module(x)
+        F.cross_entropy(out, y).backward()
 
     module.eval()
     t_fwd = _time(forward, iters, warmup, device)
@@ -123,6 +127,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    ap.add_argument("--recompute", action="store_true",
+                    help="recompute each layer's ReLU output in the backward pass (recompute_bn_relu)")
     ap.add_argument("--input-size", type=int, default=128)
     args = ap.parse_args(argv)
     if args.threads:
@@ -143,7 +149,8 @@ def main(argv=None) -> dict:
         parts.append((f"upper@{layer}", split(model, layer)[1], latent_shape(layer, args.input_size), layer))
     gemm = gemm_gflop_s(args.batch_size, args.iters, args.warmup, device)
     for name, module, shape, layer in parts:
-        r = bench_part(module, shape, args.batch_size, args.iters, args.warmup, device, args.channels_last)
+        r = bench_part(module, shape, args.batch_size, args.iters, args.warmup, device, args.channels_last,
+                       args.recompute)
         r["gmac_per_image"] = round(part_macs(macs, layer) / 1e9, 5)
         r["train_gflop_s"] = round(r["train_img_s"] * 2 * train_macs(macs, layer) / 1e9, 3)
         r["train_fraction_of_gemm"] = round(r["train_gflop_s"] / gemm, 3)
@@ -156,6 +163,7 @@ def main(argv=None) -> dict:
         "batch_size": args.batch_size,
         "input_size": args.input_size,
         "channels_last": args.channels_last,
+        "recompute_bn_relu": args.recompute,
         "iters": args.iters,
         "glibc_tunables_set": TUNED in os.environ.get("GLIBC_TUNABLES", ""),
         "torch": torch.__version__,

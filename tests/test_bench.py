@@ -78,7 +78,8 @@ def test_bench_model_counts_and_fields():
     assert bench_model.train_macs(macs, "pool6") == 2 * 1024 * 50
     assert bench_model.train_macs(macs, None) == 3 * 185_427_968 - macs["conv1"]
     out = _run("bench_model.py", "--batch-size", "2", "--iters", "1", "--warmup", "0", "--threads", "1",
-               "--input-size", "64")
+               "--input-size", "64", "--recompute")
+    assert out["recompute_bn_relu"] is True
     assert out["gemm_gflop_s"] > 0 and set(out["results"]) == {"full", "upper@conv5_4/dw", "upper@pool6"}
     for r in out["results"].values():
         assert r["train_gflop_s"] > 0 and r["train_fraction_of_gemm"] == pytest.approx(

@@ -355,6 +355,20 @@ def test_speed_switches_keep_the_metrics(tiny, tmp_path):
     assert np.allclose(a["train_loss"], b["train_loss"], rtol=1e-3)
 
 
+@pytest.mark.parametrize("method,replay", [("ar1", "native"), ("ar1free", "latent")])
+def test_recomputing_block_outputs_keeps_every_metric(tiny, tmp_path, method, replay):
+    """``recompute_bn_relu`` changes what the backward pass keeps, not what it computes: the very same
+    metrics, training loss included, whole network (native replay, AR1* importance) or upper part."""
+    on = _cfg(tiny, tmp_path, method=method, replay=replay, epochs_first_batch=2, epochs=2, max_batches=3,
+              recompute_bn_relu=True)
+    off = on.replace(out=str(tmp_path / "off"), recompute_bn_relu=False)
+    a, b = (pd.read_csv(Path(c.out) / c.experiment_name / "run0" / "metrics.csv")
+            for c in (on, off) if Trainer(c, progress=False).run_all() is not None)
+    cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns"]
+    assert len(a) >= 3
+    pd.testing.assert_frame_equal(a[cols], b[cols], check_exact=True)
+
+
 def test_metrics_csv_is_written_as_pandas_would(tmp_path):
     """write_metrics uses the csv module (the trainer does not import pandas): the very bytes of
     pandas' to_csv with the suite's float format, missing values included."""

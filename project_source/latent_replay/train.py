@@ -34,7 +34,7 @@ from .config import EXECUTION_KEYS, INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, Co
 from .data.core50 import FrameStore, load_frames, open_root, preprocess
 from .data.nicv2 import Scenario, load_scenario
 from .methods import DECAY_MULTS, make_method
-from .models import BRNConfig, MobileNetV1, param_names_by_kind, split
+from .models import BRNConfig, MobileNetV1, param_names_by_kind, recompute_bn_relu, split
 from .models.weights import load_weights
 from .replay import ReplayMemory, choose_update
 from .results import CONFIG_FILE, aggregate_runs, run_dir, write_json, write_metrics
@@ -413,26 +413,27 @@ class RunTrainer:
             if mixing and sched.k_mem:
                 m_x, m_y = self.memory.get(sched.mem_rows(it))
                 y = torch.cat([y, m_y])
-            if not incremental_split:
-                x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
-                out = self.model(self._pre(x))
-            elif native:
-                x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
-                with torch.no_grad():
-                    h = self.lower(self._pre(x))
-                out = self.upper(h)
-            else:
-                if feats is not None:
-                    h = feats[idx]
-                else:
+            with recompute_bn_relu(cfg.recompute_bn_relu):
+                if not incremental_split:
+                    x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
+                    out = self.model(self._pre(x))
+                elif native:
+                    x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
                     with torch.no_grad():
-                        h = self.lower(self._pre(new_frames[idx]))
-                if capture and it < sched.new_chunks:
-                    start = (it % sched.new_chunks) * sched.k_new
-                    epoch0[start] = h.detach().clone()
-                if m_x is not None:
-                    h = torch.cat([h, m_x.to(h.dtype)])
-                out = self.upper(h)
+                        h = self.lower(self._pre(x))
+                    out = self.upper(h)
+                else:
+                    if feats is not None:
+                        h = feats[idx]
+                    else:
+                        with torch.no_grad():
+                            h = self.lower(self._pre(new_frames[idx]))
+                    if capture and it < sched.new_chunks:
+                        start = (it % sched.new_chunks) * sched.k_new
+                        epoch0[start] = h.detach().clone()
+                    if m_x is not None:
+                        h = torch.cat([h, m_x.to(h.dtype)])
+                    out = self.upper(h)
             loss = F.cross_entropy(out, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

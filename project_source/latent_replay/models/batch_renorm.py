@@ -233,9 +233,14 @@ class BatchRenorm2d(nn.Module):
             mean, var = self.running_stats()
             dtype = x.dtype if weight is None else weight.dtype   # mixed precision: stats follow the affine
             return F.batch_norm(x, mean.to(dtype), var.to(dtype), weight, bias, False, 0.0, self.eps)
-        return self._train_forward(x, weight, bias)
+        return self.train_forward(x, weight, bias)[0]
 
-    def _train_forward(self, x, weight, bias):
+    def train_forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                      bias: torch.Tensor | None = None) -> tuple:
+        """Training-mode forward: ``(y, affine)``, where ``affine = (w, b)`` are the (detached) weight and
+        bias of the fused ``F.batch_norm`` call, so that ``y == F.batch_norm(x, None, None, w, b, True,
+        0.0, eps)`` can be recomputed from ``x`` alone without touching the running statistics (None for
+        the one-value-per-channel path, which does not use the fused kernel)."""
         dims = [0] + list(range(2, x.dim()))
         m = x.numel() // x.shape[1]
         with torch.no_grad():
@@ -251,15 +256,17 @@ class BatchRenorm2d(nn.Module):
         else:
             w = weight * r
             b = weight * d if bias is None else weight * d + bias
+        affine = None
         if m > 1:
             y = F.batch_norm(x, None, None, w, b, True, 0.0, self.eps)
+            affine = (w.detach(), b.detach())
         else:   # F.batch_norm refuses one value per channel; as in Caffe, x_hat = 0 (and so is its gradient)
             shape = (1, -1) + (1,) * (x.dim() - 2)
             x_hat = (x - x.mean(dim=dims, keepdim=True)) * torch.rsqrt(var_b.to(x.dtype) + self.eps).view(shape)
             y = x_hat * w.view(shape) + b.view(shape)
         if self.step_on == "backward" and y.requires_grad:
             y.register_hook(self._count_step)
-        return y
+        return y, affine
 
     def _renorm_factors(self, mean_b, var_b):
         """r, d of step 5 from the *pre-update* estimates (r = 1, d = 0 before t0)."""

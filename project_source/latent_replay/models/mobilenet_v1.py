@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import recompute
 from .batch_renorm import FIRST_BATCH, STEP_ON, BatchRenorm2d, BRNConfig, Scale
 
 __all__ = [
@@ -106,7 +107,12 @@ class ConvBlock(nn.Module):
         self.scale = Scale(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.brn(self.conv(x), self.scale.weight, self.scale.bias), inplace=True)
+        z = self.conv(x)
+        if not (self.brn.training and recompute.active()):
+            return F.relu(self.brn(z, self.scale.weight, self.scale.bias), inplace=True)
+        y, affine = self.brn.train_forward(z, self.scale.weight, self.scale.bias)
+        recompute.register_block_output(y, z, affine, self.brn.eps)
+        return F.relu(y, inplace=True)
 
 
 class GlobalAvgPool(nn.Module):
