@@ -118,17 +118,19 @@ def test_result_files_and_metrics(tiny, tmp_path):
     assert Trainer(cfg, progress=False).run_all() == []
 
 
-@pytest.mark.parametrize("profile", ["fixed", "caffe"])
-def test_resume_equals_uninterrupted(tiny, tmp_path, profile):
+@pytest.mark.parametrize("profile,stop", [("fixed", 2), ("caffe", 2), ("caffe", 1)])
+def test_resume_equals_uninterrupted(tiny, tmp_path, profile, stop):
+    """Interrupted after ``stop`` batches and resumed. After batch 0 the caffe profile (momentum that
+    persists from batch 2 on) has a batch-0 optimiser in its checkpoint, which batch 1 does not use."""
     cfg = _cfg(tiny, tmp_path, epochs_first_batch=3, max_batches=5, profile=profile,
                **({"fidelity": {"first_batch_brn_start": "pretrained"}} if profile == "caffe" else {}))
     Trainer(cfg, progress=False).run_all()
     cfg2 = cfg.replace(out=str(tmp_path / "interrupted"))
     with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg2, progress=False).run_all(stop_after=2)
+        Trainer(cfg2, progress=False).run_all(stop_after=stop)
     d = tmp_path / "interrupted" / cfg.experiment_name / "run0"
     assert (d / "checkpoint.pt").is_file() and not (d / "summary.json").exists()
-    assert len(pd.read_csv(d / "metrics.csv").query("kind == 'batch'")) == 2
+    assert len(pd.read_csv(d / "metrics.csv").query("kind == 'batch'")) == stop
     Trainer(cfg2, progress=False).run_all()
     cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns", "memory_bytes"]
     a = pd.read_csv(tmp_path / "results" / cfg.experiment_name / "run0" / "metrics.csv")[cols]

@@ -571,8 +571,10 @@ class RunTrainer:
         if self.memory is not None:
             self.memory.load_state_dict(state["memory"])
         self.rng.bit_generator.state = state["rng"]
-        if state["optimizer"] is not None and self.batches_done >= 1:
-            self._build_optimizer(0 if self.cumulative else self.batches_done)
+        # batch 0 and batch 1 (and every batch of joint) build their optimiser afresh (train_batch): only
+        # after batch 1 can the saved state be the one the next batch goes on with (momentum_persists)
+        if state["optimizer"] is not None and self.batches_done >= 2 and not self.cumulative:
+            self._build_optimizer(self.batches_done)
             if self.fid.momentum_persists:
                 self.optimizer.load_state_dict(state["optimizer"])
 
