@@ -387,3 +387,22 @@ def test_metrics_csv_is_written_as_pandas_would(tmp_path):
     assert (tmp_path / "m.csv").read_text() == expected
     write_metrics(tmp_path / "empty.csv", [])
     assert (tmp_path / "empty.csv").read_text() == ",".join(METRIC_COLUMNS) + "\n"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_latent_replay_at_data_stores_preprocessed_frames(tiny, tmp_path, dtype):
+    """Latent replay at ``data`` (spec §4.5: the whole network trains) keeps the preprocessed frames
+    and trains on them next to the new frames, which arrive raw; it learns like native replay does."""
+    cfg = _cfg(tiny, tmp_path, latent_layer="data", latent_dtype=dtype, epochs_first_batch=2, max_batches=3)
+    Trainer(cfg, progress=False).run_all()
+    m = pd.read_csv(Path(cfg.out) / cfg.experiment_name / "run0" / "metrics.csv").query("kind == 'batch'")
+    assert m["batch"].tolist() == [0, 1, 2] and (m["memory_patterns"] > 0).all()
+    per_pattern = 3 * 32 * 32 * (4 if dtype == "float32" else 1)
+    assert (m["memory_bytes"] >= m["memory_patterns"] * per_pattern).all()
+    assert (m["memory_bytes"] < m["memory_patterns"] * per_pattern + 1024).all()
+    native = cfg.replace(out=str(tmp_path / "native"), replay="native", latent_dtype="float32")
+    Trainer(native, progress=False).run_all()
+    n = pd.read_csv(Path(native.out) / native.experiment_name / "run0" / "metrics.csv").query("kind == 'batch'")
+    assert n["memory_patterns"].tolist() == m["memory_patterns"].tolist()
+    if dtype == "float32":   # the same patterns, stored preprocessed instead of raw: the same learning
+        assert np.allclose(m["test_accuracy"], n["test_accuracy"], atol=0.05)

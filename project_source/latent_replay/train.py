@@ -414,7 +414,11 @@ class RunTrainer:
                 m_x, m_y = self.memory.get(sched.mem_rows(it))
                 y = torch.cat([y, m_y])
             with recompute_bn_relu(cfg.recompute_bn_relu):
-                if not incremental_split:
+                if not incremental_split and m_x is not None and cfg.uses_latent:
+                    # latent replay at `data`: the memory holds preprocessed frames, the new ones are raw
+                    x = self._pre(new_frames[idx])
+                    out = self.model(torch.cat([x, m_x.to(x.dtype)]))
+                elif not incremental_split:
                     x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
                     out = self.model(self._pre(x))
                 elif native:
