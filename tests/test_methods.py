@@ -51,6 +51,12 @@ def test_cwr_weighted_average_and_caffe_bias():
     head.consolidate()
     w = math.sqrt(4 / 1)
     assert torch.allclose(head.cw[0], (w * torch.tensor([1.0, -1.0]) + torch.tensor([1.0, -1.0])) / (w + 1))
+    # a class first seen after batch 0 loads its initial consolidated bias, 0, and keeps it (the
+    # original's load_weights_nic); the batch-0 class keeps 1; the absent class is reset to 1
+    head.reset(torch.tensor([0, 1]), load=True)
+    assert fc.bias.tolist() == [1.0, 0.0, 1.0]
+    head.consolidate()
+    assert head.cb.tolist() == [1.0, 0.0, 0.0] and fc.bias.tolist() == [1.0, 0.0, 0.0]
 
 
 def _reference(thetas, grads, mode, c=1.0, xi=1e-7, f_max=1e-3, omega=None):

@@ -72,8 +72,9 @@ class Fidelity:
     padded_test_set: bool = False
     #: B7: an extra evaluation after global iteration 1 (logs one line longer than the batches).
     eval_at_iteration_1: bool = False
-    #: B8: classifier bias reset to 1 and frozen (consolidated as 1, unseen classes 0 at test time);
-    #: fixed: no bias.
+    #: B8: classifier bias reset to 1 and frozen; with CWR* the present classes' consolidated biases are
+    #: loaded (0 for a class never consolidated), so the batch-0 classes keep bias 1 and classes first
+    #: seen later bias 0 (a +1 logit for the batch-0 classes, as in the original code); fixed: no bias.
     classifier_bias: bool = False
     #: B10: AR1* importance from the applied updates, Omega = sum(dtheta^2) / (Delta theta^2 + xi)
     #: ("updates", the original) or the SI path integral of -grad * dtheta ("gradients").

@@ -5,9 +5,10 @@ counts ``N[c]``. Per batch:
 
 1. present classes P and their counts n_c (new patterns *and* memory labels, B9);
 2. reset the live classifier (W = 0, bias = 1 when the Caffe bias is kept, B8) and, for b > 0, load
-   ``cw[c]``/``cb[c]`` for the classes of P consolidated before ("NIC loading": classes seen again
-   start from their consolidated weights; a new class keeps W = 0 and bias 1, so that every
-   consolidated class ends with bias 1 as the spec describes);
+   ``cw[c]``/``cb[c]`` for every class of P ("NIC loading", the original's ``load_weights_nic``:
+   classes seen again start from their consolidated weights; a class seen for the first time after
+   batch 0 gets its initial ``cw = 0`` and ``cb = 0``, so with the Caffe bias only the batch-0
+   classes are consolidated with bias 1, later ones with bias 0 for good, as in the original code);
 3. train (only W at b > 0);
 4. consolidate: ḡ = mean of all entries of W[P] (a scalar, B9); for c in P,
    ``w_past = sqrt(N_c / n_c)``, ``cw[c] = (w_past * cw[c] + (W[c] - ḡ)) / (w_past + 1)``,
@@ -38,17 +39,17 @@ class CWRHead:
 
     @torch.no_grad()
     def reset(self, labels: torch.Tensor, load: bool) -> None:
-        """Step 1-2: W = 0 (bias 1), then load the consolidated rows of the present classes."""
+        """Step 1-2: W = 0 (bias 1), then load the consolidated rows of the present classes (initial
+        values, W = 0 and bias 0, for a class never consolidated)."""
         self.batch_counts = present_counts(labels.to(self.cw.device), self.cw.shape[0])
         self.present = self.batch_counts > 0
         self.fc.weight.zero_()
         if self.fc.bias is not None:
             self.fc.bias.fill_(1.0)
         if load:
-            seen_again = self.present & (self.counts > 0)
-            self.fc.weight[seen_again] = self.cw[seen_again]
+            self.fc.weight[self.present] = self.cw[self.present]
             if self.fc.bias is not None:
-                self.fc.bias[seen_again] = self.cb[seen_again]
+                self.fc.bias[self.present] = self.cb[self.present]
 
     @torch.no_grad()
     def consolidate(self) -> None:
