@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -406,3 +407,20 @@ def test_latent_replay_at_data_stores_preprocessed_frames(tiny, tmp_path, dtype)
     assert n["memory_patterns"].tolist() == m["memory_patterns"].tolist()
     if dtype == "float32":   # the same patterns, stored preprocessed instead of raw: the same learning
         assert np.allclose(m["test_accuracy"], n["test_accuracy"], atol=0.05)
+
+
+def test_caffe_batch0_latent_pass_updates_every_brn_layer(tiny, tmp_path):
+    """B11 as in the original: after batch 0 a training-mode forward of the whole network over the
+    padded batch reads the latents, so every BRN layer, above the latent layer too, gets as many moment
+    updates as the batch's iterations plus that pass's minibatches."""
+    cfg = _cfg(tiny, tmp_path, profile="caffe", epochs_first_batch=2, max_batches=1,
+               fidelity={"first_batch_brn_start": "pretrained"})
+    trainer = Trainer(cfg, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt.train_batch(0)
+    lam = cfg.brn_first_batch.moving_fraction
+    n = int(round(math.log(1 - (1 - lam) * float(rt.model.conv1.brn.S)) / math.log(lam)))
+    iterations = rt.global_iter
+    assert n > iterations                        # the extra pass counted in the lowest layer
+    for name, brn in rt.model.brn_layers().items():
+        assert float(brn.S) == pytest.approx(float(rt.model.conv1.brn.S), rel=1e-6), name

@@ -81,7 +81,7 @@ class Fidelity:
     importance_from: str = "gradients"
     #: B11: latents stored for the memory: computed in eval mode with the batch's final weights
     #: ("eval_final") or the training-mode activations of epoch 0 ("train_epoch0", the original; for
-    #: batch 0 an extra training-mode pass).
+    #: batch 0 an extra training-mode pass of the whole network, which updates every BRN layer's moments).
     stored_latents: str = "eval_final"
     #: B12: below the latent layer, 1x1 conv weights still decay and BRN moments keep moving
     #: (training-mode statistics), so stored latents slowly age; fixed: completely frozen, eval mode.

@@ -144,7 +144,7 @@ class RunTrainer:
         self.split_layer = "pool6" if self.method.classifier_only else cfg.resolved_latent_layer
         self.lower, self.upper = split(self.model, self.split_layer)
         self.memory_layer = cfg.latent_layer if cfg.uses_latent else "data"
-        self.mem_lower = split(self.model, self.memory_layer)[0]
+        self.mem_lower, self.mem_upper = split(self.model, self.memory_layer)
         self.memory = self._make_memory() if cfg.memory_in_use else None
         self.rng = np.random.default_rng([cfg.seed, run])
         self.optimizer: torch.optim.Optimizer | None = None
@@ -536,11 +536,17 @@ class RunTrainer:
                     epoch0[start] = self.lower(self._pre(new_frames[rows]))
                 chunks.append(epoch0[start])
             return torch.cat(chunks)
-        # batch 0: an extra training-mode pass over the padded, shuffled batch (updates BRN moments)
+        # batch 0: an extra training-mode pass of the whole network over the padded, shuffled batch, as
+        # the original's net.forward(): it updates the moments of every BRN layer, above the memory
+        # layer too; the latents are read at the memory layer
         self.model.train()
         k = self.cfg.minibatch
         order = torch.as_tensor(sched.new_order, device=self.device)
-        return torch.cat([self.mem_lower(self._pre(new_frames[order[i:i + k]])) for i in range(0, len(order), k)])
+        chunks = []
+        for i in range(0, len(order), k):
+            chunks.append(self.mem_lower(self._pre(new_frames[order[i:i + k]])))
+            self.mem_upper(chunks[-1])
+        return torch.cat(chunks)
 
     # ---------------------------------------------------------------- checkpoints
     def state(self) -> dict:
