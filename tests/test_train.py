@@ -424,3 +424,23 @@ def test_caffe_batch0_latent_pass_updates_every_brn_layer(tiny, tmp_path):
     assert n > iterations                        # the extra pass counted in the lowest layer
     for name, brn in rt.model.brn_layers().items():
         assert float(brn.S) == pytest.approx(float(rt.model.conv1.brn.S), rel=1e-6), name
+
+
+def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_path):
+    """``run_experiment.sh --runs 0`` must not narrow the experiment's config for later calls: the
+    prepared config is kept (device too); runs trained beyond it are added to its ``runs``."""
+    cfg = _cfg(tiny, tmp_path, runs=[0, 1], device="auto", epochs_first_batch=1, max_batches=1)
+    exp = Path(cfg.out) / cfg.experiment_name
+    exp.mkdir(parents=True)
+    cfg.save(exp / "exp_configuration.json")
+    before = (exp / "exp_configuration.json").read_bytes()
+    Trainer(cfg.replace(runs=[0], device="cpu"), progress=False).run_all()
+    assert (exp / "exp_configuration.json").read_bytes() == before
+    narrowed = cfg.replace(runs=[1])
+    narrowed.save(exp / "exp_configuration.json")
+    Trainer(cfg.replace(runs=[0]), progress=False).run_all()
+    assert ExperimentConfig.load(exp / "exp_configuration.json").runs == [0, 1]
+    # another experiment's config under the same name is replaced, as before
+    other = cfg.replace(lr=0.5, name=cfg.experiment_name, runs=[0])
+    Trainer(other, progress=False).run_all(force=True)
+    assert ExperimentConfig.load(exp / "exp_configuration.json").lr == 0.5

@@ -664,9 +664,28 @@ class Trainer:
             log.warning("weights %s expect %s preprocessing but the config uses %s (spec B15)",
                         self.cfg.weights, info["preprocessing"], self.cfg.preprocessing)
 
+    def _record_config(self) -> None:
+        """Write the experiment's config, keeping what the command line only overrode for this call.
+
+        Where the folder already holds the same experiment's config (e.g. the one ``prepare`` wrote,
+        which ``run_experiment.sh`` points at), ``--runs``, ``--device`` and ``--out`` must not narrow
+        or change it for later calls: it is kept, with any new runs added to its ``runs``."""
+        path = self.experiment_dir / CONFIG_FILE
+        if path.is_file():
+            try:
+                saved = ExperimentConfig.load(path)
+            except ConfigError:
+                saved = None
+            if saved is not None and _identity(saved.to_dict()) == _identity(self.cfg.to_dict()):
+                runs = sorted(set(saved.runs) | set(self.cfg.runs))
+                if runs != list(saved.runs):
+                    saved.replace(runs=runs).save(path)
+                return
+        self.cfg.save(path)
+
     def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg.save(self.experiment_dir / CONFIG_FILE)
+        self._record_config()
         summaries = []
         for r in self.cfg.runs:
             d = run_dir(self.cfg.out, self.cfg.experiment_name, r)
