@@ -57,6 +57,21 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
     ({"inference_chunk": 0}, "inference_chunk: must be >= 1 or null, got 0"),
     ({"inference_chunk": "big"}, "inference_chunk: expected int or null, got str 'big'"),
     ({"runs": []}, "runs: must be a non-empty list"),
+    ({"runs": [0, True]}, "runs: must be a non-empty list of run numbers >= 0, got [0, True]"),
+    ({"runs": [0, 1, 0]}, "runs: a run is listed twice in [0, 1, 0]"),
+    ({"lr": -1}, "lr: must be > 0, got -1.0"),
+    ({"lr": 0}, "lr: must be > 0, got 0.0"),
+    ({"ar1_f_max": -1}, "ar1_f_max: must be > 0, got -1.0"),
+    ({"ar1_xi": 0}, "ar1_xi: must be > 0, got 0.0"),
+    ({"weight_decay": -5}, "weight_decay: must be >= 0, got -5.0"),
+    ({"classifier_lr_mult": -2}, "classifier_lr_mult: must be >= 0, got -2.0"),
+    ({"brn_past_weight": 0}, "brn_past_weight: must be >= 1 (the incremental moving fraction is 1 - 1/weight), got 0"),
+    ({"brn_first_batch": {"t0": -1, "t_r": 96, "t_d": 96, "r_max": 3.0, "d_max": 5.0}},
+     "brn_first_batch: t0, t_r and t_d must be >= 0, got -1, 96, 96"),
+    ({"brn_incremental": {"t0": 0, "t_r": 1, "t_d": 1, "r_max": 0.5, "d_max": 0.5}},
+     "brn_incremental: need r_max >= 1 and d_max >= 0, got 0.5 and 0.5"),
+    ({"brn_first_batch": {"t0": 1, "t_r": 2, "t_d": 2, "r_max": 3.0, "d_max": 5.0, "moving_fraction": 1.5}},
+     "brn_first_batch.moving_fraction: must be in [0, 1] or null, got 1.5"),
     ({"latent_layer": "conv5_4"}, "latent_layer: 'conv5_4' is not one of data,"),
     ({"fidelity": {"importance_from": "both"}}, "fidelity.importance_from: 'both' is not one of gradients, updates"),
     ({"fidelity": {"lower_drift": "yes"}}, "fidelity.lower_drift: expected bool, got str 'yes'"),
@@ -82,6 +97,11 @@ def test_load_errors(tmp_path):
     bad.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="expected a JSON object, got list"):
         ExperimentConfig.load(bad)
+    bad.write_bytes(b'{"method": "cwr\xff"}')
+    with pytest.raises(ConfigError, match=r"bad.json: not UTF-8 text \(byte 0xff at offset 15\)"):
+        ExperimentConfig.load(bad)
+    with pytest.raises(ConfigError, match=r"^" + str(tmp_path).replace("\\", "\\\\") + ": cannot read"):
+        ExperimentConfig.load(tmp_path)
 
 
 def test_int_accepted_for_float_keys():

@@ -298,11 +298,28 @@ class ExperimentConfig:
             raise ConfigError(f"glr.pca_components: must be >= 1 or null, got {self.glr.pca_components}")
         if self.replay_memory <= 0:
             raise ConfigError(f"replay_memory: must be > 0, got {self.replay_memory}")
-        if not self.runs or any((not isinstance(r, int)) or r < 0 for r in self.runs):
+        if not self.runs or any(type(r) is not int or r < 0 for r in self.runs):
             raise ConfigError(f"runs: must be a non-empty list of run numbers >= 0, got {self.runs}")
-        for key in ("epochs_first_batch", "epochs", "lr_first_batch", "minibatch", "test_minibatch"):
-            if getattr(self, key) <= 0:
+        if len(set(self.runs)) != len(self.runs):
+            raise ConfigError(f"runs: a run is listed twice in {self.runs}")
+        for key in ("epochs_first_batch", "epochs", "lr_first_batch", "minibatch", "test_minibatch", "lr",
+                    "ar1_f_max", "ar1_xi"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
+        for key in ("weight_decay", "classifier_lr_mult", "ar1_c"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if self.brn_past_weight is not None and self.brn_past_weight < 1:
+            raise ConfigError(f"brn_past_weight: must be >= 1 (the incremental moving fraction is 1 - 1/weight), "
+                              f"got {self.brn_past_weight}")
+        for key in ("brn_first_batch", "brn_incremental"):
+            brn = getattr(self, key)
+            if min(brn.t0, brn.t_r, brn.t_d) < 0:
+                raise ConfigError(f"{key}: t0, t_r and t_d must be >= 0, got {brn.t0}, {brn.t_r}, {brn.t_d}")
+            if brn.r_max < 1 or brn.d_max < 0:
+                raise ConfigError(f"{key}: need r_max >= 1 and d_max >= 0, got {brn.r_max} and {brn.d_max}")
+            if brn.moving_fraction is not None and not 0 <= brn.moving_fraction <= 1:
+                raise ConfigError(f"{key}.moving_fraction: must be in [0, 1] or null, got {brn.moving_fraction}")
         if self.checkpoint_every < 1:
             raise ConfigError(f"checkpoint_every: must be >= 1, got {self.checkpoint_every}")
         if self.inference_chunk is not None and self.inference_chunk < 1:
@@ -429,6 +446,10 @@ class ExperimentConfig:
             raise ConfigError(f"{path}: configuration file not found") from None
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror or exc})") from None
         return cls.from_dict(data, str(path))
 
     def replace(self, **changes) -> "ExperimentConfig":
@@ -444,6 +465,25 @@ class ExperimentConfig:
             changes["fidelity"] = {**data["fidelity"], **changes["fidelity"]}
         data.update(changes)
         return ExperimentConfig.from_dict(data)
+
+
+def set_key(data: dict, key: str, value) -> None:
+    """``data[key] = value`` for a config dict, where ``key`` may be ``TOP.SUB`` (``fidelity.X``,
+    ``glr.X``, ``brn_first_batch.X``): the sub-key is merged into ``data[TOP]``. ``fidelity`` and
+    ``glr`` hold overrides of their profile, so they start empty; a settings object with no
+    profile (``brn_first_batch``, ``brn_incremental``) starts from its defaults, so that one of its
+    keys can be set alone."""
+    top, _, sub = key.partition(".")
+    if not sub:
+        data[top] = value
+        return
+    nested = data.get(top)
+    if not isinstance(nested, dict):
+        spec = {f.name: f for f in fields(ExperimentConfig)}.get(top)
+        default = spec.default_factory() if spec is not None and spec.default_factory is not dataclasses.MISSING \
+            else None
+        nested = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
+    data[top] = {**nested, sub: value}
 
 
 def _choice(key: str, value, choices) -> None:
