@@ -5,6 +5,8 @@ Regenerate the golden files after a deliberate change: ``LATENT_REPLAY_UPDATE_GO
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import shutil
@@ -269,13 +271,18 @@ def test_local_paths_and_all_new_options(db, tmp_path, capsys):
                           "--runs", "1", "--launcher", "local", "--device", "cpu", "--profile", "caffe",
                           "--out", tmp_path / "r", "--filelists", db / "batch_filelists", "--weights", weights,
                           "--max_batches", "3", "--set", "epochs=1", "--set", "fidelity.padded_test_set=false",
-                          "--set", "name=my run", "--set", "lr=null"], capsys)
+                          "--set", "name=my run", "--set", "lr=null", "--set", "brn_first_batch.t0=10",
+                          "--set", "brn_incremental.d_max=0.25"], capsys)
     assert code == 0, err
     cfg = ExperimentConfig.load(tmp_path / "r" / "my run" / CONFIG_FILE)
     assert (cfg.method, cfg.scenario, cfg.replay, cfg.latent_layer, cfg.replay_memory) == ("naive", 79, "generative",
                                                                                           "conv6/dw", 200)
     assert (cfg.runs, cfg.device, cfg.profile, cfg.max_batches, cfg.epochs) == ([1], "cpu", "caffe", 3, 1.0)
     assert cfg.fidelity.padded_test_set is False and cfg.fidelity.eval_at_iteration_1 is True
+    # one key of a settings object, the others keep their defaults
+    default = ExperimentConfig()
+    assert cfg.brn_first_batch == dataclasses.replace(default.brn_first_batch, t0=10)
+    assert cfg.brn_incremental == dataclasses.replace(default.brn_incremental, d_max=0.25)
     assert cfg.dataset_root == str(db) and cfg.filelists == str(db / "batch_filelists")
     assert cfg.weights == str(weights) and cfg.out == str(tmp_path / "r")
     script = (tmp_path / "r" / "my run" / RUN_SCRIPT).read_text()
@@ -474,3 +481,25 @@ def test_local_launcher_end_to_end(tmp_path):
     assert summary["finished"] and summary["batches"] == 2 and summary["device"] == "cpu"
     assert summary["config"]["replay_memory"] == 20
     assert (exp / "summary.csv").is_file()
+
+
+def test_local_script_uses_a_python_with_torch(db, tmp_path, capsys, monkeypatch):
+    """prepare_experiment.py started by a Python without PyTorch (its ``#!/usr/bin/env python3``): the
+    local run script uses the checkout's .venv; with no .venv either, prepare warns (and still writes)."""
+    real_find_spec = launch.importlib.util.find_spec
+    monkeypatch.setattr(launch.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
+    checkout = tmp_path / "checkout"
+    venv_bin = checkout / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").write_text("")
+    monkeypatch.setattr(launch, "repo_root", lambda: checkout)
+    code, out, err = run(["AR1F", "391", "latent", db, "--launcher", "local", "--out", tmp_path / "a"], capsys)
+    assert code == 0 and err == ""
+    script = next((tmp_path / "a").rglob(RUN_SCRIPT)).read_text()
+    assert f"exec {venv_bin / 'python'} -m latent_replay.cli train" in script
+    (venv_bin / "python").unlink()
+    code, out, err = run(["AR1F", "391", "latent", db, "--launcher", "local", "--out", tmp_path / "b"], capsys)
+    assert code == 0 and next((tmp_path / "b").rglob(RUN_SCRIPT)).is_file()
+    assert err == (f"warning: {sys.executable} cannot import torch and this checkout has no .venv: the run script "
+                   "will fail until PyTorch is installed for it (make test creates .venv with everything)\n")

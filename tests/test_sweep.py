@@ -26,6 +26,7 @@ from click.testing import CliRunner
 from latent_replay import __version__, launch
 from latent_replay import sweep as S
 from latent_replay.cli import main
+from latent_replay.config import ExperimentConfig
 from latent_replay.data.nicv2 import inventory_from_root, write_nicv2
 from latent_replay.launch import Mount
 
@@ -712,3 +713,18 @@ def test_local_sweep_end_to_end_with_failure_resubmit_and_figures(tmp_path, monk
     assert r.exit_code == 0, r.output
     assert (tmp_path / "figures" / "fig1_accuracy_vs_batches.png").is_file()
     assert "naive_nicv2_391_latent_conv5_4dw_m20" in (tmp_path / "figures" / "summary.csv").read_text()
+
+
+def test_one_key_of_a_settings_object(db, tmp_path, fake_slurm):
+    """``brn_first_batch.t0`` alone: the other BRN settings keep their defaults."""
+    data = base(db, tmp_path)
+    data["fixed"] = {**data["fixed"], "brn_first_batch.t0": 10}
+    data["grid"] = {"method": ["naive"], "brn_incremental.d_max": [0.25, 0.5]}
+    r = cli("sweep", sweep_file(tmp_path, data))
+    assert r.exit_code == 0, r.output
+    configs = sorted((tmp_path / "out").rglob("exp_configuration.json"))
+    assert len(configs) == 2
+    loaded = [ExperimentConfig.load(p) for p in configs]
+    default = ExperimentConfig()
+    assert all(c.brn_first_batch.t0 == 10 and c.brn_first_batch.t_r == default.brn_first_batch.t_r for c in loaded)
+    assert sorted(c.brn_incremental.d_max for c in loaded) == [0.25, 0.5]

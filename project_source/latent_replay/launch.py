@@ -23,6 +23,7 @@ is a shim calling :func:`main`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shlex
@@ -36,7 +37,7 @@ import click
 
 from . import __version__
 from .config import (LATENT_LAYERS, METHOD_ALIASES, METHOD_TITLES, PROFILES, REPLAY_ALIASES, ConfigError,
-                     ExperimentConfig)
+                     ExperimentConfig, set_key)
 from .data.classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
 from .utils import format_int_list, parse_int_list
 
@@ -216,19 +217,13 @@ def _apply_sets(data: dict, sets: Sequence[str]) -> None:
     known = {f.name for f in fields(ExperimentConfig)}
     for text in sets:
         key, value = _parse_set(text)
-        top, _, sub = key.partition(".")
+        top = key.partition(".")[0]
         if top in MANAGED_KEYS:
             raise UsageError("--set", f"{top!r} is set by {MANAGED_KEYS[top]}, not --set")
         if top not in known:
             raise UsageError("--set", f"unknown config key {top!r} (the keys of ExperimentConfig, "
                                       "latent_replay/config.py)")
-        if sub:
-            nested = data.get(top)
-            if not isinstance(nested, dict):
-                nested = {}
-            data[top] = {**nested, sub: value}
-        else:
-            data[top] = value
+        set_key(data, key, value)
 
 
 def _check_dataset(db_path: str) -> Path:
@@ -458,12 +453,28 @@ def describe(cfg: ExperimentConfig) -> str:
             f"device {cfg.device}, profile {cfg.profile}")
 
 
+def trainer_python() -> tuple[Path, bool]:
+    """The Python a local run script trains with, and whether it has PyTorch.
+
+    This Python when it can import torch; else (e.g. ``prepare_experiment.py`` started by a system
+    ``python3`` without PyTorch) the checkout's ``.venv``, which ``make demo`` and ``make test`` create."""
+    if importlib.util.find_spec("torch") is not None:
+        return Path(sys.executable), True
+    root = repo_root()
+    venv_python = root / ".venv" / "bin" / "python" if root is not None else None
+    if venv_python is not None and venv_python.is_file():
+        return venv_python, True
+    return Path(sys.executable), False
+
+
 def trainer_command() -> tuple[list[str], dict[str, str]]:
-    """How the local run script starts the trainer: the console script next to this Python, or ``-m``."""
-    script = Path(sys.executable).parent / "latent-replay"
+    """How the local run script starts the trainer: the console script next to :func:`trainer_python`,
+    or ``python -m`` with this checkout on ``PYTHONPATH``."""
+    python = trainer_python()[0]
+    script = python.parent / "latent-replay"
     if script.is_file() and os.access(script, os.X_OK):
         return [str(script)], {}
-    return [sys.executable, "-m", "latent_replay.cli"], {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return [str(python), "-m", "latent_replay.cli"], {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def _header(cfg: ExperimentConfig, how: str) -> list[str]:
@@ -606,6 +617,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
         return 1
     for line in plan.info:
         print(f"info: {line}")
+    if plan.launcher == "local" and not trainer_python()[1]:
+        print(f"warning: {sys.executable} cannot import torch and this checkout has no .venv: the run script "
+              "will fail until PyTorch is installed for it (make test creates .venv with everything)",
+              file=sys.stderr)
     print(f"experiment {plan.config.experiment_name}: {describe(plan.config)}")
     print(f"wrote {_display(plan.config_path)}")
     print(f"wrote {_display(plan.script_path)}")

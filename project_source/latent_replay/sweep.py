@@ -48,7 +48,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import click
 
 from . import __version__, launch
-from .config import METHOD_ALIASES, REPLAY_ALIASES, ConfigError, ExperimentConfig
+from .config import METHOD_ALIASES, REPLAY_ALIASES, ConfigError, ExperimentConfig, set_key
 from .data.filelists import atomic_write_text
 from .utils import format_int_list, parse_int_list
 
@@ -256,15 +256,6 @@ def _normalise_value(key: str, value):
     return value
 
 
-def _set_nested(data: dict, key: str, value) -> None:
-    top, _, sub = key.partition(".")
-    if sub:
-        nested = data.get(top)
-        data[top] = {**(nested if isinstance(nested, dict) else {}), sub: value}
-    else:
-        data[top] = value
-
-
 def _check_value(source: str, where: str, key: str, value) -> None:
     """A key and one of its values on their own (unknown keys, wrong types, values outside their choices).
 
@@ -280,7 +271,7 @@ def _check_value(source: str, where: str, key: str, value) -> None:
     else:
         base = {"method": "naive", "replay": "latent"}
     data = dict(base)
-    _set_nested(data, key, value)
+    set_key(data, key, value)
     try:
         ExperimentConfig.from_dict(data, "config")
     except ConfigError as exc:
