@@ -493,13 +493,20 @@ def test_local_script_uses_a_python_with_torch(db, tmp_path, capsys, monkeypatch
     venv_bin = checkout / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     (venv_bin / "python").write_text("")
+    torch_init = checkout / ".venv" / "lib" / "python3.11" / "site-packages" / "torch" / "__init__.py"
+    torch_init.parent.mkdir(parents=True)
+    torch_init.write_text("")
     monkeypatch.setattr(launch, "repo_root", lambda: checkout)
     code, out, err = run(["AR1F", "391", "latent", db, "--launcher", "local", "--out", tmp_path / "a"], capsys)
     assert code == 0 and err == ""
     script = next((tmp_path / "a").rglob(RUN_SCRIPT)).read_text()
     assert f"exec {venv_bin / 'python'} -m latent_replay.cli train" in script
-    (venv_bin / "python").unlink()
+    warning = ("warning: the run script will use {}, which has no PyTorch: it will fail until PyTorch is "
+               "installed there (make test creates the checkout's .venv with everything)\n")
+    torch_init.unlink()                  # a .venv without PyTorch
     code, out, err = run(["AR1F", "391", "latent", db, "--launcher", "local", "--out", tmp_path / "b"], capsys)
-    assert code == 0 and next((tmp_path / "b").rglob(RUN_SCRIPT)).is_file()
-    assert err == (f"warning: {sys.executable} cannot import torch and this checkout has no .venv: the run script "
-                   "will fail until PyTorch is installed for it (make test creates .venv with everything)\n")
+    assert code == 0 and err == warning.format(venv_bin / "python")
+    (venv_bin / "python").unlink()       # no .venv
+    code, out, err = run(["AR1F", "391", "latent", db, "--launcher", "local", "--out", tmp_path / "c"], capsys)
+    assert code == 0 and next((tmp_path / "c").rglob(RUN_SCRIPT)).is_file()
+    assert err == warning.format(sys.executable)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 import weakref
 
 import pytest
@@ -164,3 +165,19 @@ def test_not_reentrant():
     assert not recompute.active()
     with recompute_bn_relu(False) as reg:
         assert reg is None and not recompute.active()
+
+
+def test_other_threads_and_graph_building_backward():
+    """The context is this thread's; a create_graph backward is refused with a clear error."""
+    torch.manual_seed(5)
+    model = MobileNetV1().train()
+    x, y = _data()
+    seen = []
+    with recompute_bn_relu():
+        worker = threading.Thread(target=lambda: seen.append(recompute.active()))
+        worker.start()
+        worker.join()
+        loss = F.cross_entropy(model(x), y)
+    assert seen == [False]
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        torch.autograd.grad(loss, list(model.parameters()), create_graph=True)

@@ -439,7 +439,16 @@ def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_pat
     narrowed = cfg.replace(runs=[1])
     narrowed.save(exp / "exp_configuration.json")
     Trainer(cfg.replace(runs=[0]), progress=False).run_all()
-    assert ExperimentConfig.load(exp / "exp_configuration.json").runs == [0, 1]
+    assert ExperimentConfig.load(exp / "exp_configuration.json").runs == [1, 0]     # appended
+    # an execution key changed in the config file itself is recorded; the runs are kept (in their order)
+    (exp / "exp_configuration.json").write_text(cfg.replace(runs=[1, 0]).to_json())
+    Trainer(cfg.replace(runs=[0], inference_chunk=5), progress=False).run_all()
+    saved = ExperimentConfig.load(exp / "exp_configuration.json")
+    assert saved.runs == [1, 0] and saved.inference_chunk == 5
+    # a file that is not a config is replaced
+    (exp / "exp_configuration.json").write_text("{")
+    Trainer(cfg.replace(runs=[0]), progress=False).run_all()
+    assert ExperimentConfig.load(exp / "exp_configuration.json").runs == [0]
     # another experiment's config under the same name is replaced, as before
     other = cfg.replace(lr=0.5, name=cfg.experiment_name, runs=[0])
     Trainer(other, progress=False).run_all(force=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -279,6 +280,7 @@ class ExperimentConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         _check_types(self, "")
+        _check_finite(dataclasses.asdict(self), "")
         _choice("method", self.method, METHODS)
         _choice("scenario", self.scenario, SCENARIOS)
         _choice("replay", self.replay, REPLAYS)
@@ -484,6 +486,15 @@ def set_key(data: dict, key: str, value) -> None:
             else None
         nested = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
     data[top] = {**nested, sub: value}
+
+
+def _check_finite(data: dict, prefix: str) -> None:
+    """JSON admits NaN and Infinity; no number of a config may be either."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            _check_finite(value, f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{key}: must be a finite number, got {value}")
 
 
 def _choice(key: str, value, choices) -> None:

@@ -461,9 +461,9 @@ def trainer_python() -> tuple[Path, bool]:
     if importlib.util.find_spec("torch") is not None:
         return Path(sys.executable), True
     root = repo_root()
-    venv_python = root / ".venv" / "bin" / "python" if root is not None else None
-    if venv_python is not None and venv_python.is_file():
-        return venv_python, True
+    venv = root / ".venv" if root is not None else None
+    if venv is not None and (venv / "bin" / "python").is_file():
+        return venv / "bin" / "python", any(venv.glob("lib/python*/site-packages/torch/__init__.py"))
     return Path(sys.executable), False
 
 
@@ -617,10 +617,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
         return 1
     for line in plan.info:
         print(f"info: {line}")
-    if plan.launcher == "local" and not trainer_python()[1]:
-        print(f"warning: {sys.executable} cannot import torch and this checkout has no .venv: the run script "
-              "will fail until PyTorch is installed for it (make test creates .venv with everything)",
-              file=sys.stderr)
+    python, has_torch = trainer_python()
+    if plan.launcher == "local" and not has_torch:
+        print(f"warning: the run script will use {python}, which has no PyTorch: it will fail until PyTorch is "
+              "installed there (make test creates the checkout's .venv with everything)", file=sys.stderr)
     print(f"experiment {plan.config.experiment_name}: {describe(plan.config)}")
     print(f"wrote {_display(plan.config_path)}")
     print(f"wrote {_display(plan.script_path)}")

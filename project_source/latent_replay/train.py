@@ -633,8 +633,16 @@ class RunTrainer:
 RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", *EXECUTION_KEYS)
 
 
+#: What ``latent-replay train`` can override on its command line (for that call only).
+CLI_OVERRIDES = ("runs", "device", "out")
+
+
+def _without(config: dict, keys) -> dict:
+    return {k: v for k, v in config.items() if k not in keys}
+
+
 def _identity(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in RESUMABLE_CHANGES}
+    return _without(config, RESUMABLE_CHANGES)
 
 
 # ------------------------------------------------------------------------------------- experiment
@@ -669,19 +677,24 @@ class Trainer:
 
         Where the folder already holds the same experiment's config (e.g. the one ``prepare`` wrote,
         which ``run_experiment.sh`` points at), ``--runs``, ``--device`` and ``--out`` must not narrow
-        or change it for later calls: it is kept, with any new runs added to its ``runs``."""
+        or change it for later calls: it is kept, with any new runs appended to its ``runs``. Where
+        it differs in an execution key too (changed in the config file), this config is written, with
+        the saved runs kept and the new ones appended."""
         path = self.experiment_dir / CONFIG_FILE
+        cfg = self.cfg
         if path.is_file():
             try:
                 saved = ExperimentConfig.load(path)
             except ConfigError:
                 saved = None
-            if saved is not None and _identity(saved.to_dict()) == _identity(self.cfg.to_dict()):
-                runs = sorted(set(saved.runs) | set(self.cfg.runs))
-                if runs != list(saved.runs):
-                    saved.replace(runs=runs).save(path)
-                return
-        self.cfg.save(path)
+            if saved is not None and _identity(saved.to_dict()) == _identity(cfg.to_dict()):
+                runs = list(saved.runs) + [r for r in cfg.runs if r not in saved.runs]
+                if _without(saved.to_dict(), CLI_OVERRIDES) == _without(cfg.to_dict(), CLI_OVERRIDES):
+                    if runs != list(saved.runs):
+                        saved.replace(runs=runs).save(path)
+                    return
+                cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
+        cfg.save(path)
 
     def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,15 @@ trainer's switch ``recompute_bn_relu`` is off by default.
 Only what is saved while the context is active is affected, so no-gradient passes and evaluation are
 unchanged; the running statistics are not touched by the recomputation (no running buffers are
 passed), and neither are the BRN step counters (their hooks sit on the forward graph).
+
+Limits: the context belongs to the thread that opened it (as PyTorch's saved-tensor hooks do); a
+backward pass that builds a graph (``create_graph=True``) is refused, since the recomputed outputs
+carry no graph; and it is meant for eager mode (saved-tensor hooks and ``torch.compile`` do not mix).
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 
 import torch
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 
 __all__ = ["active", "recompute_bn_relu", "register_block_output"]
 
-_active: "_Registry | None" = None
+_local = threading.local()      # .registry: the active _Registry of this thread, if any
 
 
 class _Recomputed:
@@ -43,6 +48,9 @@ class _Recomputed:
         self.value = None
 
     def unpack(self) -> torch.Tensor:
+        if torch.is_grad_enabled():    # the engine enables grad mode only for create_graph=True
+            raise RuntimeError("recompute_bn_relu: a backward pass with create_graph=True needs the block outputs' "
+                               "graph; run that forward without recompute_bn_relu")
         if self.value is None:
             with torch.no_grad():
                 self.value = F.relu(F.batch_norm(self.z, None, None, self.w, self.b, True, 0.0, self.eps),
@@ -81,9 +89,10 @@ class _Registry:
 
 def register_block_output(y: torch.Tensor, z: torch.Tensor, affine, eps: float) -> None:
     """Inside :func:`recompute_bn_relu`: ``y`` (before the in-place ReLU) is recomputable from ``z``."""
-    if _active is None or affine is None or not y.requires_grad:
+    registry = getattr(_local, "registry", None)
+    if registry is None or affine is None or not y.requires_grad:
         return
-    _active.outputs[y.untyped_storage().data_ptr()] = (weakref.ref(y), _Recomputed(z, *affine, eps))
+    registry.outputs[y.untyped_storage().data_ptr()] = (weakref.ref(y), _Recomputed(z, *affine, eps))
 
 
 @contextlib.contextmanager
@@ -93,22 +102,21 @@ def recompute_bn_relu(enabled: bool = True):
     Yields the registry (``.packed`` counts the references replaced) or None when disabled. Not
     re-entrant: a nested call is an error rather than a silent second set of hooks.
     """
-    global _active
     if not enabled:
         yield None
         return
-    if _active is not None:
+    if active():
         raise RuntimeError("recompute_bn_relu is already active")
     registry = _Registry()
-    _active = registry
+    _local.registry = registry
     try:
         with torch.autograd.graph.saved_tensors_hooks(registry.pack, registry.unpack):
             yield registry
     finally:
-        _active = None
+        _local.registry = None
         registry.outputs.clear()
 
 
 def active() -> bool:
-    """Whether a :func:`recompute_bn_relu` context is active."""
-    return _active is not None
+    """Whether a :func:`recompute_bn_relu` context is active in this thread."""
+    return getattr(_local, "registry", None) is not None
