@@ -728,3 +728,13 @@ def test_one_key_of_a_settings_object(db, tmp_path, fake_slurm):
     default = ExperimentConfig()
     assert all(c.brn_first_batch.t0 == 10 and c.brn_first_batch.t_r == default.brn_first_batch.t_r for c in loaded)
     assert sorted(c.brn_incremental.d_max for c in loaded) == [0.25, 0.5]
+
+
+def test_warns_when_the_tasks_python_has_no_torch(db, tmp_path, fake_slurm, monkeypatch):
+    monkeypatch.setattr(launch, "trainer_python", lambda: (Path("/usr/bin/python3"), False))
+    r = cli("sweep", sweep_file(tmp_path, base(db, tmp_path)), "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert ("  warning: the tasks will train with /usr/bin/python3, which has no PyTorch here (make test creates "
+            "the checkout's .venv with everything)") in r.stdout.splitlines()
+    monkeypatch.setattr(launch, "trainer_python", lambda: (Path("/usr/bin/python3"), True))
+    assert "warning" not in cli("sweep", sweep_file(tmp_path, base(db, tmp_path)), "--dry-run").stdout

@@ -1200,6 +1200,10 @@ def run_sweep(sweep_file: str | os.PathLike, *, launcher: str = "slurm", contain
     selected = _select(statuses)
     spec = script_spec(expansion, [t.index for t in tasks])
     script = render_sbatch(spec)
+    python, has_torch = launch.trainer_python()
+    if sweep.container == "none" and not has_torch:
+        echo(f"  warning: the tasks will train with {python}, which has no PyTorch here (make test creates the "
+             "checkout's .venv with everything)")
     if dry_run:
         echo(f"--- {sweep.out / SCRIPT} (dry run: nothing written, nothing submitted) ---")
         echo(script.rstrip("\n"))
