@@ -453,3 +453,25 @@ def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_pat
     other = cfg.replace(lr=0.5, name=cfg.experiment_name, runs=[0])
     Trainer(other, progress=False).run_all(force=True)
     assert ExperimentConfig.load(exp / "exp_configuration.json").lr == 0.5
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_epoch0_latents_are_stored_with_their_own_labels(tiny, tmp_path, pad):
+    """B11's epoch-0 latents come in the shuffled order of the first epoch; the labels stored with them
+    must be theirs, with or without Caffe's padding. At layer ``data`` a latent is the preprocessed
+    frame, so every stored row can be traced back to its frame and label."""
+    cfg = _cfg(tiny, tmp_path, latent_layer="data", epochs_first_batch=1, epochs=1, max_batches=2,
+               fidelity={"stored_latents": "train_epoch0", "pad_training_like_caffe": pad})
+    trainer = Trainer(cfg, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    for b in range(2):
+        rt.train_batch(b)
+        rt.batches_done = b + 1
+        paths = [p for fl in rt.scenario.batches[: b + 1] for p in fl.paths]
+        labels = np.concatenate([fl.labels for fl in rt.scenario.batches[: b + 1]])
+        frames = rt._pre(torch.from_numpy(rt.frames.get(paths))).flatten(1)
+        stored, stored_labels = rt.memory.get(np.arange(len(rt.memory)))
+        assert len(rt.memory) > 0
+        for row, label in zip(stored.flatten(1), stored_labels.tolist()):
+            match = (frames == row).all(1).nonzero().flatten().tolist()
+            assert match and {int(labels[i]) for i in match} == {label}

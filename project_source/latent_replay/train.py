@@ -468,7 +468,10 @@ class RunTrainer:
     @torch.no_grad()
     def _update_memory(self, b, sched, new_frames, new_labels, feats, epoch0) -> None:
         cfg, fid = self.cfg, self.fid
-        cand = sched.new_order if fid.pad_training_like_caffe else np.arange(len(new_labels))
+        # candidates are positions in the batch; the epoch-0 latents (B11) come in the order the first
+        # epoch visited the patterns, so with them the candidates follow that order, padded or not
+        epoch0_order = cfg.uses_latent and fid.stored_latents == "train_epoch0"
+        cand = sched.new_order if fid.pad_training_like_caffe or epoch0_order else np.arange(len(new_labels))
         if cfg.replay == "generative":   # fit this batch's generators on the latents of all its patterns
             every = np.arange(len(cand))
             latents = self._memory_latents(b, sched, new_frames, feats, epoch0, cand, every)
