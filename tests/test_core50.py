@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -85,6 +86,17 @@ def test_frame_cache_hit_and_key(tiny_root, tmp_path, caplog):
     assert not third.from_cache and np.array_equal(third.get(paths), want_all := load_images(images, paths))
     assert want_all.shape[0] == 12
     assert load_frames(images, paths, use_cache=False, progress=False).cache_file is None
+    # a frame file replaced since the cache was written (another download or render into the same
+    # folder): the cache is decoded again, with a warning, and serves the new pixels
+    assert load_frames(images, paths, cache_dir=cache, progress=False).from_cache
+    changed = np.full((8, 8, 3), 200, np.uint8)
+    Image.fromarray(changed).save(images / paths[3])
+    os.utime(images / paths[3], ns=(1, 1))     # a coarse file system may keep the old time: make it differ
+    caplog.clear()
+    fourth = load_frames(images, paths, cache_dir=cache, progress=False)
+    assert not fourth.from_cache and np.array_equal(fourth.get([paths[3]])[0], changed)
+    assert "changed since it was written" in caplog.text
+    assert load_frames(images, paths, cache_dir=cache, progress=False).from_cache
 
 
 def test_memory_mapped_store_reads_through_the_file(tmp_path, monkeypatch):

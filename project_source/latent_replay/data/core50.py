@@ -230,13 +230,25 @@ def cache_key(images_dir: Path, paths: Iterable[str]) -> str:
     return h.hexdigest()[:24]
 
 
+def frames_fingerprint(images_dir: Path, paths: Sequence[str]) -> str:
+    """Size and modification time of every frame file: a cache written before a frame was replaced
+    (another download or render into the same folder) no longer matches."""
+    h = hashlib.sha256()
+    root = str(images_dir)
+    for p in paths:
+        st = os.stat(os.path.join(root, p))
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
 def load_frames(images_dir: str | os.PathLike, paths: Iterable[str], *, cache_dir: str | os.PathLike | None = None,
                 use_cache: bool = True, workers: int | None = None, progress: bool = True) -> FrameStore:
     """Decoded frames of ``paths`` (deduplicated, sorted), from the cache when present.
 
     On a miss the frames are decoded into ``<cache_dir>/frames-<key>.npy`` (written under a temporary
     name, renamed when complete, then described by a JSON file), and memory-mapped. An interrupted
-    decode leaves no file that looks complete.
+    decode leaves no file that looks complete. The description holds :func:`frames_fingerprint`; a
+    cache whose frame files have changed since (size or modification time) is decoded again.
     """
     images_dir = Path(images_dir)
     unique = tuple(sorted(set(paths)))
@@ -247,16 +259,21 @@ def load_frames(images_dir: str | os.PathLike, paths: Iterable[str], *, cache_di
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = cache_key(images_dir, unique)
     npy, meta_file = cache_dir / f"frames-{key}.npy", cache_dir / f"frames-{key}.json"
+    fingerprint = frames_fingerprint(images_dir, unique)
     if npy.is_file() and meta_file.is_file():
         try:
             meta = json.loads(meta_file.read_text())
             images = np.load(npy, mmap_mode="r")
             if meta.get("format") == CACHE_FORMAT and images.shape[0] == len(unique) == meta.get("frames"):
-                log.info("frame cache hit: %d frames from %s", len(unique), npy)
-                return FrameStore(images, unique, npy, from_cache=True)
+                if meta.get("fingerprint") == fingerprint:
+                    log.info("frame cache hit: %d frames from %s", len(unique), npy)
+                    return FrameStore(images, unique, npy, from_cache=True)
+                log.warning("frame cache %s: frame files under %s changed since it was written (size or "
+                            "modification time); decoding again", npy, images_dir)
+            else:
+                log.warning("frame cache %s does not match its description; decoding again", npy)
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable frame cache %s (%s)", npy, exc)
-        log.warning("frame cache %s does not match its description; decoding again", npy)
     cache_dir.mkdir(parents=True, exist_ok=True)
     first = _decode(images_dir / unique[0])
     fd, tmp = tempfile.mkstemp(prefix=f".frames-{key}.", suffix=".npy.tmp", dir=cache_dir)
@@ -272,7 +289,7 @@ def load_frames(images_dir: str | os.PathLike, paths: Iterable[str], *, cache_di
         raise
     atomic_write_text(meta_file, json.dumps({
         "format": CACHE_FORMAT, "images_dir": str(images_dir.resolve()), "frames": len(unique),
-        "shape": [len(unique), *first.shape], "dtype": "uint8", "layout": "NHWC RGB",
+        "shape": [len(unique), *first.shape], "dtype": "uint8", "layout": "NHWC RGB", "fingerprint": fingerprint,
     }, indent=1) + "\n")
     log.info("frame cache written: %d frames (%.1f MB) to %s", len(unique), npy.stat().st_size / 1e6, npy)
     return FrameStore(np.load(npy, mmap_mode="r"), unique, npy, from_cache=False)
