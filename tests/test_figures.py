@@ -244,6 +244,15 @@ def test_memory_footprint(experiments):
     assert f32["runs"] == 4
 
 
+def test_memory_footprint_keeps_generative_replay_apart(tmp_path):
+    """A generative memory (density models) at the same layer and size is not averaged with latents."""
+    write_experiment(tmp_path, "lat", {0: 0.5}, method="ar1free", latent_layer="conv5_4/dw")
+    write_experiment(tmp_path, "glr", {0: 0.4}, method="ar1free", replay="generative", latent_layer="conv5_4/dw")
+    df = F.memory_footprint(F.load_experiments([tmp_path]))
+    assert sorted(df["storage"]) == ["float32", "generative"] and (df["runs"] == 1).all()
+    assert F.STORAGE_STYLE["generative"][1].startswith("generative latent replay")
+
+
 def test_differing_config_keys_are_named(tmp_path):
     write_experiment(tmp_path, "a", {0: 0.5}, lr=0.001)
     write_experiment(tmp_path, "b", {0: 0.6}, lr=0.0003)

@@ -98,6 +98,7 @@ STORAGE_STYLE = {
     "float32": ("#1b9e77", "float32 latents"),
     "float16": ("#d95f02", "float16 latents"),
     "uint8": ("#7570b3", "uint8 latents (per-channel quantised)"),
+    "generative": ("#e7298a", "generative latent replay (density models)"),
 }
 MEMORY_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 DTYPE_FILL = {"float32": "full", "float16": "left", "uint8": "none"}
@@ -252,7 +253,7 @@ class Experiment:
 
 
 def _dtype_rank(storage: str | None) -> int:
-    order = ("images",) + LATENT_DTYPES
+    order = ("images",) + LATENT_DTYPES + ("generative",)
     return order.index(storage) if storage in order else -1
 
 
@@ -642,7 +643,9 @@ def memory_series(exps: Sequence[Experiment], value: str = "final_accuracy") -> 
 def memory_footprint(exps: Sequence[Experiment]) -> pd.DataFrame:
     """Figure 4's data: measured replay memory per (layer, storage, memory size), pooled over scenarios,
     methods and runs: columns ``layer``, ``storage``, ``memory``, ``bytes``, ``patterns``, ``raw_image_bytes``
-    (the same number of uint8 128x128 RGB frames), ``runs``."""
+    (the same number of uint8 128x128 RGB frames), ``runs``. ``storage`` is the latent dtype, ``images``
+    for native replay and ``generative`` for generative latent replay (density models, not latents: its
+    bytes are never pooled with stored latents)."""
     rows = []
     for e in exps:
         if not e.finished or e.replay == "none":
@@ -650,7 +653,8 @@ def memory_footprint(exps: Sequence[Experiment]) -> pd.DataFrame:
         for r in e.runs:
             if np.isfinite(r.memory_bytes) and r.memory_bytes > 0:
                 patterns = r.memory_patterns if np.isfinite(r.memory_patterns) and r.memory_patterns > 0 else e.memory
-                rows.append({"layer": e.layer, "storage": e.storage, "memory": e.memory,
+                storage = "generative" if e.replay == "generative" else e.storage
+                rows.append({"layer": e.layer, "storage": storage, "memory": e.memory,
                              "bytes": r.memory_bytes, "patterns": patterns})
     cols = ["layer", "storage", "memory", "bytes", "patterns", "raw_image_bytes", "runs"]
     if not rows:
