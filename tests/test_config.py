@@ -59,6 +59,11 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
     ({"runs": []}, "runs: must be a non-empty list"),
     ({"runs": [0, True]}, "runs: must be a non-empty list of run numbers >= 0, got [0, True]"),
     ({"runs": [0, 1, 0]}, "runs: a run is listed twice in [0, 1, 0]"),
+    ({"replay": "generative", "latent_dtype": "float16"},
+     "latent_dtype: 'float16' applies to latent replay only (replay is 'generative' (its memory holds density "
+     "models, fitted in float32)); leave it float32"),
+    ({"replay": "generative", "glr_profile": "reference", "glr": {"n_components": 3}},
+     "glr.n_components: mode 'joint' fits one component per class of the batch, so it must be 1, got 3"),
     ({"lr": float("nan")}, "lr: must be a finite number, got nan"),
     ({"brn_past_weight": float("inf")}, "brn_past_weight: must be a finite number, got inf"),
     ({"brn_incremental": {"t0": 0, "t_r": 1, "t_d": 1, "r_max": float("nan"), "d_max": 0.5}},

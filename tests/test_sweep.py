@@ -738,3 +738,11 @@ def test_warns_when_the_tasks_python_has_no_torch(db, tmp_path, fake_slurm, monk
             "the checkout's .venv with everything)") in r.stdout.splitlines()
     monkeypatch.setattr(launch, "trainer_python", lambda: (Path("/usr/bin/python3"), True))
     assert "warning" not in cli("sweep", sweep_file(tmp_path, base(db, tmp_path)), "--dry-run").stdout
+
+
+def test_latent_dtype_applies_to_latent_replay_only():
+    """Generative replay fits its density models in float32: a latent_dtype grid merges for it."""
+    assert S.applies("latent_dtype", {"replay": "latent"})
+    assert not S.applies("latent_dtype", {"replay": "generative"})
+    assert not S.applies("latent_dtype", {"replay": "none"})
+    assert S.applies("latent_layer", {"replay": "generative"})

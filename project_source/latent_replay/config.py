@@ -296,6 +296,9 @@ class ExperimentConfig:
             _choice(f"glr.{key}", getattr(self.glr, key), choices)
         if self.glr.n_components < 1:
             raise ConfigError(f"glr.n_components: must be >= 1, got {self.glr.n_components}")
+        if self.glr.mode == "joint" and self.glr.n_components != 1:
+            raise ConfigError(f"glr.n_components: mode 'joint' fits one component per class of the batch, so it "
+                              f"must be 1, got {self.glr.n_components}")
         if self.glr.pca_components is not None and self.glr.pca_components < 1:
             raise ConfigError(f"glr.pca_components: must be >= 1 or null, got {self.glr.pca_components}")
         if self.replay_memory <= 0:
@@ -333,9 +336,10 @@ class ExperimentConfig:
         if self.method == "cwr" and self.replay in ("latent", "generative") and self.latent_layer != "pool6":
             raise ConfigError(f"latent_layer: CWR* trains only the classifier, so latent replay must use "
                               f"pool6, got {self.latent_layer!r}")
-        if self.latent_dtype != "float32" and not self.uses_latent:
+        if self.latent_dtype != "float32" and self.replay != "latent":
+            why = " (its memory holds density models, fitted in float32)" if self.replay == "generative" else ""
             raise ConfigError(f"latent_dtype: {self.latent_dtype!r} applies to latent replay only "
-                              f"(replay is {self.replay!r}); leave it float32")
+                              f"(replay is {self.replay!r}{why}); leave it float32")
         if self.method == "joint" and self.replay != "none":
             raise ConfigError(f"replay: the joint baseline sees all past data, replay must be 'none', got {self.replay!r}")
         if self.schema_version != SCHEMA_VERSION:

@@ -413,8 +413,10 @@ def applies(key: str, values: dict) -> bool:
     """Whether a config key means anything for the experiment given by ``values``."""
     top = key.partition(".")[0]
     replay = _replay_of(values)
-    if top in ("latent_layer", "latent_dtype"):
+    if top == "latent_layer":
         return replay in ("latent", "generative")
+    if top == "latent_dtype":
+        return replay == "latent"
     if top == "replay_memory":
         return replay != "none"
     if top in ("glr", "glr_profile"):
