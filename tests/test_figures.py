@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+import json
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +405,28 @@ def test_figures_are_written_atomically(tmp_path):
         F.save_figure(fig, [png, tmp_path / "f" / "curve.nope"], dpi=80)
     assert sorted(p.name for p in (tmp_path / "f").iterdir()) == ["curve.pdf", "curve.png"]
     assert png.read_bytes() != before and png.read_bytes().startswith(b"\x89PNG")   # the one before, whole
+
+
+def test_runs_stopped_by_max_batches_are_named(tmp_path):
+    """A run's summary.json records the scenario's length: one cut short by max_batches is noted."""
+    exp = write_experiment(tmp_path, "e", {0: 0.5, 1: 0.6})
+    for r, total in ((0, 4), (1, 391)):
+        path = exp / f"run{r}" / "summary.json"
+        write_json(path, {**json.loads(path.read_text()), "scenario_batches": total})
+    notes = []
+    F.load_experiments([tmp_path], notes)
+    assert notes == [f"{exp}: stopped before the end of the scenario by max_batches (run 1: 4 of 391 batches); "
+                     "the final accuracy of such a run is that of the last batch it trained"]
+
+
+def test_folders_that_only_look_like_runs_are_ignored(tmp_path):
+    """A backup such as run0.bak beside the runs is neither aggregated nor plotted (it crashed both)."""
+    from latent_replay.results import aggregate_runs
+
+    exp = write_experiment(tmp_path, "e", {0: 0.5, 1: 0.7})
+    shutil.copytree(exp / "run0", exp / "run0.bak")
+    out = aggregate_runs(exp)
+    assert out["runs"].max() == 2
+    assert out[out["batch"] == 3]["test_accuracy_mean"].iloc[0] == pytest.approx(60.0 / 100)
+    (e,) = F.load_experiments([tmp_path])
+    assert [r.number for r in e.runs] == [0, 1]

@@ -475,3 +475,21 @@ def test_epoch0_latents_are_stored_with_their_own_labels(tiny, tmp_path, pad):
         for row, label in zip(stored.flatten(1), stored_labels.tolist()):
             match = (frames == row).all(1).nonzero().flatten().tolist()
             assert match and {int(labels[i]) for i in match} == {label}
+
+
+def test_a_run_stopped_by_max_batches_goes_on_when_asked_for_more(tiny, tmp_path):
+    """max_batches 2, then 3: the run continues from its checkpoint (not 'already finished') and ends as
+    a 3-batch run trained in one go; summary.json says how long the scenario is."""
+    whole = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=3)
+    Trainer(whole, progress=False).run_all()
+    staged = whole.replace(out=str(tmp_path / "staged"))
+    Trainer(staged.replace(max_batches=2), progress=False).run_all()
+    d = Path(staged.out) / staged.experiment_name / "run0"
+    first = json.loads((d / "summary.json").read_text())
+    assert first["batches"] == 2 and first["scenario_batches"] == len(Trainer(staged, progress=False).scenarios[0])
+    assert len(Trainer(staged, progress=False).run_all()) == 1
+    assert json.loads((d / "summary.json").read_text())["batches"] == 3
+    assert Trainer(staged.replace(max_batches=2), progress=False).run_all() == []     # 3 >= 2: finished
+    cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns"]
+    a = pd.read_csv(Path(whole.out) / whole.experiment_name / "run0" / "metrics.csv")[cols]
+    pd.testing.assert_frame_equal(a, pd.read_csv(d / "metrics.csv")[cols])

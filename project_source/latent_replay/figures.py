@@ -65,7 +65,7 @@ import pandas as pd
 from .config import (EXECUTION_KEYS, LATENT_DTYPES, LATENT_LAYERS, METHOD_TITLES, METHODS, REPLAYS, ConfigError,
                      ExperimentConfig)
 from .data.filelists import atomic_write_text
-from .results import CONFIG_FILE, write_csv
+from .results import CONFIG_FILE, RUN_DIR, run_dirs, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,6 @@ RC = {
 _IGNORED_KEYS = {"runs", "out", "name", "device", "cache_dir", *EXECUTION_KEYS, "dataset_root", "filelists",
                  "schema_version", "fidelity", "method", "scenario", "replay", "latent_layer", "replay_memory",
                  "latent_dtype", "profile"}
-_RUN_DIR = re.compile(r"^run(\d+)$")
 
 
 # ====================================================================== loading
@@ -286,7 +285,7 @@ def _read_run(d: Path) -> tuple[Run | None, str | None]:
     metrics = metrics.dropna(subset=["batch", "test_accuracy"])
     if not (metrics["kind"] == "batch").any():
         return None, "metrics.csv has no evaluation after a batch"
-    return Run(int(_RUN_DIR.match(d.name).group(1)), metrics, summary), None
+    return Run(int(RUN_DIR.match(d.name).group(1)), metrics, summary), None
 
 
 def _read_experiment(exp_dir: Path, notes: list[str]) -> Experiment | None:
@@ -298,9 +297,8 @@ def _read_experiment(exp_dir: Path, notes: list[str]) -> Experiment | None:
         return None
     exp = Experiment(exp_dir, cfg)
     present = []
-    for d in sorted((p for p in exp_dir.iterdir() if p.is_dir() and _RUN_DIR.match(p.name)),
-                    key=lambda p: int(p.name[3:])):
-        present.append(int(d.name[3:]))
+    for number, d in run_dirs(exp_dir):
+        present.append(number)
         run, why = _read_run(d)
         if run is None:
             exp.left_out.append(f"{d.name}: {why}")
@@ -311,6 +309,12 @@ def _read_experiment(exp_dir: Path, notes: list[str]) -> Experiment | None:
     if len(lengths) > 1:
         notes.append(f"{exp_dir}: finished runs cover different numbers of batches "
                      f"({', '.join(f'{n} batches x{c}' for n, c in sorted(lengths.items()))}); curves average what is there")
+    short = [r for r in exp.runs if isinstance(r.summary.get("scenario_batches"), int)
+             and r.batches < r.summary["scenario_batches"]]
+    if short:
+        which = ", ".join(f"run {r.number}: {r.batches} of {r.summary['scenario_batches']}" for r in short)
+        notes.append(f"{exp_dir}: stopped before the end of the scenario by max_batches ({which} batches); "
+                     "the final accuracy of such a run is that of the last batch it trained")
     for msg in exp.left_out:
         notes.append(f"{exp_dir}: {msg}; left out")
         log.warning("%s %s; left out", exp_dir, msg)

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,8 +38,22 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+#: A run folder's name: ``run<R>`` (anything else beside them, e.g. ``run0.bak``, is not a run).
+RUN_DIR = re.compile(r"^run(\d+)$")
+
+
 def run_dir(out: str | os.PathLike, experiment: str, run: int) -> Path:
     return Path(out) / experiment / f"run{run}"
+
+
+def run_dirs(experiment_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(run number, folder)`` of the run folders of an experiment, by run number."""
+    found = []
+    for d in Path(experiment_dir).iterdir():
+        match = RUN_DIR.match(d.name)
+        if match and d.is_dir():
+            found.append((int(match.group(1)), d))
+    return sorted(found)
 
 
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
@@ -94,10 +109,10 @@ def aggregate_runs(experiment_dir: str | os.PathLike) -> pd.DataFrame | None:
 
     experiment_dir = Path(experiment_dir)
     frames = []
-    for d in sorted(experiment_dir.glob("run*")):
+    for number, d in run_dirs(experiment_dir):
         if (d / "summary.json").is_file() and (d / "metrics.csv").is_file():
             m = read_metrics(d / "metrics.csv")
-            m.insert(0, "run", int(d.name[3:]))
+            m.insert(0, "run", number)
             frames.append(m)
     if not frames:
         return None

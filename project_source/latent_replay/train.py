@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -620,6 +621,7 @@ class RunTrainer:
         accs = [r["test_accuracy"] for r in self.rows if r["kind"] == "batch"]
         summary = {
             "experiment": self.cfg.experiment_name, "run": self.run, "finished": True, "batches": n,
+            "scenario_batches": len(self.scenario),
             "final_accuracy": accs[-1], "average_accuracy": float(np.mean(accs)),
             "train_seconds": float(sum(r["train_seconds"] for r in self.rows)),
             "eval_seconds": float(sum(r["eval_seconds"] for r in self.rows)),
@@ -634,6 +636,15 @@ class RunTrainer:
 
 #: Config keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", *EXECUTION_KEYS)
+
+
+def _summary_batches(path: Path) -> int:
+    """Batches a finished run's summary.json says it trained (0 when unreadable: train it again)."""
+    try:
+        batches = json.loads(path.read_text(encoding="utf-8")).get("batches")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return batches if isinstance(batches, int) and not isinstance(batches, bool) else 0
 
 
 #: What ``latent-replay train`` can override on its command line (for that call only).
@@ -699,6 +710,10 @@ class Trainer:
                 cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
         cfg.save(path)
 
+    def _batches_wanted(self, run: int) -> int:
+        n = len(self.scenarios[run])
+        return n if self.cfg.max_batches is None else min(self.cfg.max_batches, n)
+
     def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
         self._record_config()
@@ -708,8 +723,13 @@ class Trainer:
             if force and d.exists():
                 shutil.rmtree(d)
             if (d / "summary.json").is_file():
-                log.info("run %d already finished in %s (use --force to train it again)", r, d)
-                continue
+                done, wanted = _summary_batches(d / "summary.json"), self._batches_wanted(r)
+                if done >= wanted:
+                    log.info("run %d already finished in %s (use --force to train it again)", r, d)
+                    continue
+                # it stopped at an earlier max_batches: go on from its checkpoint (unfinished until then)
+                log.info("run %d stopped after %d batch(es); continuing to %d", r, done, wanted)
+                (d / "summary.json").unlink()
             d.mkdir(parents=True, exist_ok=True)
             rt = RunTrainer(self.cfg, r, self.scenarios[r], self.frames, self.device, d, self.progress, stop_after)
             summary = rt.train()
