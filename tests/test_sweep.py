@@ -746,3 +746,14 @@ def test_latent_dtype_applies_to_latent_replay_only():
     assert not S.applies("latent_dtype", {"replay": "generative"})
     assert not S.applies("latent_dtype", {"replay": "none"})
     assert S.applies("latent_layer", {"replay": "generative"})
+
+
+def test_a_requeued_task_is_pending_not_failed(tmp_path, fake_slurm):
+    """Slurm requeues a preempted task under the same job id: its state file says it ended (exit 143)
+    but the queue has it waiting again, so it is pending (resubmitting it would run it twice); the same
+    job still listed as running after it ended is Slurm finishing it: failed stays failed."""
+    d = _status_folder(tmp_path)
+    fake_slurm.queue("100|3|REQUEUED", "100|6|RUNNING")
+    status = S.collect_status(d)
+    assert (status[3].state, status[3].job, status[3].exit, status[3].detail) == ("pending", "100_3", None, "requeued")
+    assert (status[6].state, status[6].exit) == ("failed", 143)

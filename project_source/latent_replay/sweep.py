@@ -972,10 +972,14 @@ def task_status(sweep_dir: Path, task: Task, state: Optional[dict], queued: Opti
             pass
         return st
     q = queued.get(task.index) if queued else None
-    if q is not None and not (state is not None and state.get("job") == q[0] and "ended" in state):
+    ended = state is not None and "ended" in state
+    # a task that ended may linger in squeue as its own job while Slurm finishes it: its state file
+    # counts; but a job Slurm requeued (preemption) keeps its id and waits again: the queue counts
+    lingering = ended and q is not None and state.get("job") == q[0] and q[1] not in _PENDING
+    if q is not None and not lingering:
         st.state = "pending" if q[1] in _PENDING else "running"
         st.detail = q[1].lower()
-        if state is None or state.get("job") != q[0]:   # the state file is of an earlier attempt
+        if state is None or state.get("job") != q[0] or ended:   # the state file is of an earlier attempt
             st.log, st.exit = "", None
         st.job = q[0]
         return st
