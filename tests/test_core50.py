@@ -97,6 +97,15 @@ def test_frame_cache_hit_and_key(tiny_root, tmp_path, caplog):
     assert not fourth.from_cache and np.array_equal(fourth.get([paths[3]])[0], changed)
     assert "changed since it was written" in caplog.text
     assert load_frames(images, paths, cache_dir=cache, progress=False).from_cache
+    # a cache of an earlier version (no fingerprint) is decoded once more, and says why
+    meta_file = cache / files[0]
+    meta = json.loads(meta_file.read_text())
+    del meta["fingerprint"]
+    meta_file.write_text(json.dumps(meta))
+    caplog.clear()
+    assert not load_frames(images, paths, cache_dir=cache, progress=False).from_cache
+    assert "without a fingerprint of its frame files" in caplog.text
+    assert load_frames(images, paths, cache_dir=cache, progress=False).from_cache
 
 
 def test_memory_mapped_store_reads_through_the_file(tmp_path, monkeypatch):

@@ -268,8 +268,12 @@ def load_frames(images_dir: str | os.PathLike, paths: Iterable[str], *, cache_di
                 if meta.get("fingerprint") == fingerprint:
                     log.info("frame cache hit: %d frames from %s", len(unique), npy)
                     return FrameStore(images, unique, npy, from_cache=True)
-                log.warning("frame cache %s: frame files under %s changed since it was written (size or "
-                            "modification time); decoding again", npy, images_dir)
+                if "fingerprint" not in meta:
+                    log.warning("frame cache %s was written without a fingerprint of its frame files (an earlier "
+                                "version); decoding again", npy)
+                else:
+                    log.warning("frame cache %s: frame files under %s changed since it was written (size or "
+                                "modification time); decoding again", npy, images_dir)
             else:
                 log.warning("frame cache %s does not match its description; decoding again", npy)
         except (OSError, ValueError) as exc:
