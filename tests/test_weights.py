@@ -216,9 +216,15 @@ def test_caffemodel_batchnorm_naming_and_report(tmp_path, caplog):
     m = MobileNetV1()
     m.conv1.brn.t.fill_(5)
     with caplog.at_level(logging.WARNING):
-        report = import_caffemodel(m, path)
+        report = import_caffemodel(m, path, stats_weight=None)
     assert torch.equal(m.conv3_1_sep.brn.A_var, src.conv3_1_sep.brn.A_var)
     assert float(m.conv3_1_sep.brn.S) == 3.0 and int(m.conv1.brn.t) == 0
+    # by default the /bn statistics keep their mean and variance under the pytorchcv import's S = 100
+    m100 = MobileNetV1()
+    import_caffemodel(m100, path)
+    assert float(m100.conv3_1_sep.brn.S) == 100.0
+    for got, want in zip(m100.conv3_1_sep.brn.running_stats(), src.conv3_1_sep.brn.running_stats()):
+        assert torch.allclose(got, want, rtol=1e-6)
     assert report.missing == ["mid_fc7.weight", "mid_fc7.bias"]
     assert [s for s, _ in report.skipped] == ["fc7 (Convolution, 2 blobs)"]
     assert "fc7" in caplog.text and "mid_fc7.weight" in caplog.text

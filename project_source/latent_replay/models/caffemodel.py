@@ -307,8 +307,15 @@ def _targets(layer: CaffeLayer, model: MobileNetV1, bn_stats: bool, brn_names: s
     return "no layer of that name in MobileNetV1"
 
 
-def import_caffemodel(model: MobileNetV1, source, *, bn_stats: bool = True) -> ImportReport:
+def import_caffemodel(model: MobileNetV1, source, *, bn_stats: bool = True,
+                      stats_weight: float | None = 100.0) -> ImportReport:
     """Copy the blobs of a ``.caffemodel`` (path, bytes or a list of :class:`CaffeLayer`) into ``model``.
+
+    Statistics from Caffe ``BatchNorm`` layers (``<name>/bn``: mean x S, variance x S, S) keep their
+    mean and variance, with the normaliser set to ``stats_weight`` as the pytorchcv import does (None
+    keeps the file's own S, e.g. ~1000 after a long Caffe training, under which batch 0's 96 BRN
+    updates at lambda 0.99 would still leave the running estimate 86 % ImageNet's). ``<name>/brn``
+    blobs (this suite's own export) are copied as they are.
 
     Returns an :class:`ImportReport` (also logged: a warning when something was skipped or is missing);
     raises ValueError naming the blob on a shape mismatch.
@@ -340,9 +347,12 @@ def import_caffemodel(model: MobileNetV1, source, *, bn_stats: bool = True) -> I
             report.mapped.append((f"{layer.name}[{i}]", key))
             assigned.add(key)
         if stats_from_bn:
-            t_key = keys[0].rsplit(".", 1)[0] + ".t"
+            prefix = keys[0].rsplit(".", 1)[0]
+            t_key = prefix + ".t"
             with torch.no_grad():
                 state[t_key].zero_()
+                if stats_weight is not None:
+                    model.get_submodule(prefix).rescale_past_weight(stats_weight)
             report.mapped.append(("(step counter reset)", t_key))
             assigned.add(t_key)
     report.missing = [k for k in state if k not in assigned]

@@ -39,7 +39,8 @@ def weights():
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="checkpoint to write")
 @click.option("--num-classes", type=int, default=50, show_default=True)
 @click.option("--stats-weight", type=float, default=100.0, show_default=True,
-              help="pytorchcv: BRN normaliser S given to the ImageNet statistics")
+              help="BRN normaliser S given to the ImageNet statistics (pytorchcv, and the <name>/bn layers of a "
+                   ".caffemodel)")
 @click.option("--no-bn-stats", is_flag=True, help="caffe: do not load <name>/bn statistics into BRN (Caffe B14)")
 def convert(src: Path, fmt: str, out: Path, num_classes: int, stats_weight: float, no_bn_stats: bool):
     """Import SRC into MobileNetV1 and save it as a checkpoint."""
@@ -53,7 +54,7 @@ def convert(src: Path, fmt: str, out: Path, num_classes: int, stats_weight: floa
         else:
             from .caffemodel import import_caffemodel
 
-            report = import_caffemodel(model, src, bn_stats=not no_bn_stats)
+            report = import_caffemodel(model, src, bn_stats=not no_bn_stats, stats_weight=stats_weight)
             preprocessing = "caffe"
     except ValueError as e:
         raise click.ClickException(str(e)) from None

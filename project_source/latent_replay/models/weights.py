@@ -346,7 +346,7 @@ def load_weights(model: MobileNetV1, path=None, *, stats_weight: float = 100.0) 
     if path.suffix == ".caffemodel":
         from .caffemodel import import_caffemodel
 
-        report = import_caffemodel(model, path)
+        report = import_caffemodel(model, path, stats_weight=stats_weight)
         return {"source": str(path), "preprocessing": "caffe", "report": report}
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weight file")
