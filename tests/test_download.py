@@ -253,6 +253,24 @@ def test_resume_in_a_later_call_and_server_ignoring_ranges(server, tmp_path):
     assert (tmp_path / "downloads" / "batches_filelists_NICv2.zip").read_bytes() == data
 
 
+def test_a_complete_partial_file_is_not_downloaded_again(server, tmp_path):
+    """Interrupted after the last byte, before the rename: the server answers the range request with
+    416 and the file's size, which the partial file already has; it is checked and used, not fetched
+    from zero. A 416 for a partial file of another size still starts over."""
+    data = server.files["/batches_filelists_NICv2.zip"]
+    part = tmp_path / "downloads" / "batches_filelists_NICv2.zip.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data)
+    run("filelists", tmp_path, server)
+    assert [rng for path, rng in server.log if path == "/batches_filelists_NICv2.zip"] == [f"bytes={len(data)}-"]
+    assert (tmp_path / "batch_filelists" / "NIC_v2_391" / "run0").is_dir()
+    server.log.clear()
+    part.write_bytes(data + b"extra")
+    run("filelists", tmp_path, server, force=True)
+    assert [rng for path, rng in server.log if path == "/batches_filelists_NICv2.zip"] == [
+        f"bytes={len(data) + 5}-", None]
+
+
 def test_checksum_mismatch_sets_the_file_aside(server, tmp_path):
     sources = local_sources(server)
     server.files["/batches_filelists_NICv2.zip"] = _zip({"NIC_v2_79/run0/evil.txt": b"not the official lists"})

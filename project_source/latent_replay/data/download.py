@@ -326,8 +326,13 @@ def _get(url: str, part: Path, retries: int, timeout: float, progress: bool) -> 
         try:
             return _transfer(url, part, timeout, progress)
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and part.exists():   # our partial file is not a prefix of this one
-                log.info("%s: range not satisfiable; starting over", url)
+            if exc.code == 416 and part.exists():
+                total = re.fullmatch(r"bytes \*/(\d+)", (exc.headers or {}).get("Content-Range", "") or "")
+                if total and int(total.group(1)) == part.stat().st_size:
+                    # the previous call got every byte and stopped before renaming: the checksum decides
+                    log.info("%s: the partial file already holds all %s", url, _size(int(total.group(1))))
+                    return None
+                log.info("%s: range not satisfiable; starting over", url)   # not a prefix of this file
                 part.unlink()
                 continue
             raise _SourceFailed(f"HTTP error {exc.code} {exc.reason}") from None
