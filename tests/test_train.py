@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -493,3 +494,39 @@ def test_a_run_stopped_by_max_batches_goes_on_when_asked_for_more(tiny, tmp_path
     cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns"]
     a = pd.read_csv(Path(whole.out) / whole.experiment_name / "run0" / "metrics.csv")[cols]
     pd.testing.assert_frame_equal(a, pd.read_csv(d / "metrics.csv")[cols])
+
+
+def test_batch0_is_evaluated_before_the_memory_pass_and_timed_once(tiny, tmp_path, monkeypatch):
+    """As in the original, batch 0 is evaluated at the end of its training, before the memory is filled
+    (B11's extra pass moves every BRN layer's statistics, which the logged accuracy must not see; the
+    memory fields still show the filled memory). With the iteration-1 evaluation (B7) the two rows'
+    training and evaluation seconds add up to the batch's time: nothing is counted twice."""
+    cfg = _cfg(tiny, tmp_path, profile="caffe", epochs_first_batch=2, max_batches=1,
+               fidelity={"first_batch_brn_start": "pretrained"})
+    trainer = Trainer(cfg, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    calls = []
+    real_update = rt._update_memory
+
+    def evaluate():
+        calls.append(("evaluate", float(rt.model.conv6_sep.brn.S)))
+        time.sleep(0.4)
+        return 0.5
+
+    def update(*args):
+        calls.append(("memory", float(rt.model.conv6_sep.brn.S)))
+        return real_update(*args)
+
+    monkeypatch.setattr(rt, "evaluate", evaluate)
+    monkeypatch.setattr(rt, "_update_memory", update)
+    t0 = time.perf_counter()
+    rt.train_batch(0)
+    wall = time.perf_counter() - t0
+    assert [c for c, _ in calls] == ["evaluate", "evaluate", "memory"]
+    assert calls[1][1] == calls[2][1]                   # evaluated with the statistics training left
+    assert float(rt.model.conv6_sep.brn.S) > calls[2][1]   # which the memory pass then moved
+    it1, batch = rt.rows
+    assert (it1["kind"], batch["kind"]) == ("iteration_1", "batch")
+    assert batch["memory_patterns"] == len(rt.memory) > 0 and batch["memory_bytes"] == rt.memory.nbytes
+    counted = sum(r["train_seconds"] + r["eval_seconds"] for r in rt.rows)
+    assert counted <= wall + 0.05 and counted > wall - 0.3

@@ -456,12 +456,18 @@ class RunTrainer:
                 self._sync()
                 self._log_eval(0, "iteration_1", time.perf_counter() - t_start, len(paths))
                 self._set_modes(b)
+                t_start = time.perf_counter()   # the batch row counts the training after that row's
         self.method.after_training(b)
-        if self.memory is not None and not self.cumulative:
-            self._update_memory(b, sched, new_frames, new_labels, feats, epoch0)
         self._sync()
-        train_seconds = time.perf_counter() - t_start
-        row = self._log_eval(b, "batch", train_seconds, len(paths))
+        # evaluate at the end of training, as the original does (spec §5.4), then fill the memory: its
+        # batch-0 pass under stored_latents=train_epoch0 moves every BRN layer's statistics (B11)
+        row = self._log_eval(b, "batch", time.perf_counter() - t_start, len(paths))
+        if self.memory is not None and not self.cumulative:
+            t_memory = time.perf_counter()
+            self._update_memory(b, sched, new_frames, new_labels, feats, epoch0)
+            self._sync()
+            row["train_seconds"] += time.perf_counter() - t_memory   # the memory update is training time
+            row["memory_patterns"], row["memory_bytes"] = len(self.memory), self.memory.nbytes
         if phase == 0:   # the whole network's activations are free now: give them back to the kernel once
             self._release()
         return row
