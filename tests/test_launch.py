@@ -158,6 +158,8 @@ RULES = [  # (id, argv builder, expected message start)
      "argument --set: 'runs' is set by --runs, not --set"),
     ("set value", lambda db, t: ["AR1F", "391", "no", db, "--set", "epochs=-1"],
      "argument --set: epochs: must be > 0, got -1"),
+    ("set name newline", lambda db, t: ["AR1F", "391", "no", db, "--set", "name=x\necho INJECTED"],
+     "argument --set: name: 'x\\necho INJECTED' is not a plain folder name"),
     ("set nested", lambda db, t: ["AR1F", "391", "no", db, "--set", "fidelity.importance_from=magic"],
      "argument --set: fidelity.importance_from: 'magic' is not one of gradients, updates"),
     ("set name", lambda db, t: ["AR1F", "391", "no", db, "--set", "name=../up"],
@@ -444,7 +446,7 @@ def test_docker_script_with_a_fake_docker(db, tmp_path, capsys):
     assert "first_check_nvidia-container-toolkit.sh" in r.stderr
     argv = json.loads(log.read_text())
     uid_gid = f"{os.getuid()}:{os.getgid()}"
-    assert argv == ["run", "--rm", "--gpus", "all", "--network", "none", "--user", uid_gid,
+    assert argv == ["run", "--rm", "--init", "--gpus", "all", "--network", "none", "--user", uid_gid,
                     "-e", f"GLIBC_TUNABLES={launch.GLIBC_TUNABLES}", "-v", f"{db}:/datasets:ro",
                     "-v", f"{out}:/results", launch.default_image(), "train", "--config",
                     f"/results/ar1free_nicv2_391_latent_conv5_4dw_m1500/{CONFIG_FILE}", "--force"]

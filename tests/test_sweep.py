@@ -136,6 +136,9 @@ def fake_slurm(tmp_path, monkeypatch):
     ({"slurm": {"setup": ["a\nb"]}}, "slurm.setup: expected a list of one-line strings"),
     ({"container": "apptainer"}, "image: required with container apptainer (a .sif file"),
     ({"container": "apptainer", "image": "nope.sif"}, "image: 'nope.sif' is not a file"),
+    ({"container": "apptainer", "image": "x.sif\necho INJECTED"},
+     "image: 'x.sif\\necho INJECTED' must be one line without control characters"),
+    ({"out": "/tmp/a\"b"}, "out: '/tmp/a\"b' must not contain a double quote"),
 ])
 def test_sweep_file_errors_are_one_line_naming_file_and_key(change, expected, db, tmp_path):
     path = sweep_file(tmp_path, base(db, tmp_path, **change))
@@ -380,7 +383,22 @@ def test_golden_scripts_pass_shellcheck():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def _fake_trainer_sweep(tmp_path: Path, sleep: float) -> Path:
+def test_a_percent_in_the_sweep_folder_is_not_a_slurm_pattern():
+    text = S.render_sbatch(S.ScriptSpec("p", Path("/home/me/100%run"), [0], 1, [0], _slurm(), container="none",
+                                        gpu=True, command=["/x/latent-replay"]))
+    assert "#SBATCH --output=/home/me/100%%run/logs/%A_%a.out" in text
+
+
+def test_cpu_sweep_asks_for_no_gpu_and_local_gpu_wins_in_docker_tasks():
+    cpu = S.render_sbatch(S.ScriptSpec("cpu", SWEEP_DIR, [0], 1, [0], _slurm(gpus=2), container="none", gpu=False,
+                                       command=["/x/latent-replay"]))
+    assert "--gres" not in cpu and "#SBATCH --cpus-per-task=4" in cpu
+    gpu = S.render_sbatch(SCRIPTS["sweep_docker_nvidia-container-toolkit.sbatch"]())
+    assert "#SBATCH --gres=gpu:a100:1" in gpu
+    assert 'gpus="${LATENT_REPLAY_TASK_GPUS:-${SLURM_JOB_GPUS:-${CUDA_VISIBLE_DEVICES:-}}}"' in gpu
+
+
+def _fake_trainer_sweep(tmp_path: Path, sleep: float, setup=()) -> Path:
     """A sweep folder whose script starts a stand-in trainer (records its arguments and pid, sleeps)."""
     d = tmp_path / "fake sweep"
     d.mkdir()
@@ -389,7 +407,8 @@ def _fake_trainer_sweep(tmp_path: Path, sleep: float) -> Path:
                        f"open({str(tmp_path / 'trainer.json')!r}, 'w').write(json.dumps([os.getpid(), sys.argv[1:]]))\n"
                        f"time.sleep({sleep})\nsys.exit(int(os.environ.get('FAKE_EXIT', '0')))\n")
     (d / "tasks.tsv").write_text(S.tasks_text([S.Task(0, "exp a", 3), S.Task(1, "exp_b", 0)]))
-    spec = S.ScriptSpec("fake", d, [0, 1], 2, [0, 3], S.SlurmOptions(gpus=0), command=[sys.executable, str(trainer)])
+    spec = S.ScriptSpec("fake", d, [0, 1], 2, [0, 3], S.SlurmOptions(gpus=0, setup=list(setup)),
+                        command=[sys.executable, str(trainer)])
     (d / "sweep.sbatch").write_text(S.render_sbatch(spec))
     return d
 
@@ -416,6 +435,18 @@ def test_task_script_records_state_and_passes_the_exit_code(tmp_path):
                        env={**env, "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_JOB_ID": "77", "FAKE_EXIT": "0"})
     assert r.returncode == 0
     assert S.read_state(d, 1)["job"] == "77_1" and S.read_state(d, 1)["log"] == f"{d}/logs/77_1.out"
+
+
+def test_a_failing_setup_line_is_recorded_as_the_task_ending(tmp_path):
+    """slurm.setup runs under set -e: a failing line ends the task, and the state file says so (status
+    would otherwise call it killed without a trace)."""
+    d = _fake_trainer_sweep(tmp_path, 0, setup=["false"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    r = subprocess.run(["bash", str(d / "sweep.sbatch"), "0"], capture_output=True, text=True,
+                       env={**env, "LATENT_REPLAY_JOB": "local-9"})
+    assert r.returncode == 1 and not (tmp_path / "trainer.json").exists()
+    state = S.read_state(d, 0)
+    assert state["exit"] == "1" and "ended" in state
 
 
 def test_task_script_stops_the_trainer_on_sigterm(tmp_path):
@@ -655,15 +686,15 @@ def test_local_gpus(monkeypatch):
 def test_local_launcher_runs_one_task_per_gpu(tmp_path):
     d = tmp_path / "s"
     (d / "logs").mkdir(parents=True)
-    (d / "sweep.sbatch").write_text('#!/usr/bin/env bash\necho "$1 ${CUDA_VISIBLE_DEVICES:-none} $LATENT_REPLAY_JOB"\n'
-                                    'sleep 0.3\n[ "$1" != 2 ]\n')
+    (d / "sweep.sbatch").write_text('#!/usr/bin/env bash\necho "$1 ${CUDA_VISIBLE_DEVICES:-none} $LATENT_REPLAY_JOB '
+                                    '${LATENT_REPLAY_TASK_GPUS:-none}"\nsleep 0.3\n[ "$1" != 2 ]\n')
     tasks = [S.Task(i, "e", i) for i in range(4)]
     echoed = []
     results = S.run_local(d, tasks, ["0", "1"], echoed.append)
     assert sorted((t.index, code) for t, code in results) == [(0, 0), (1, 0), (2, 1), (3, 0)]
     job = f"local-{os.getpid()}"
-    used = {(d / "logs" / f"{job}_{i}.out").read_text().split()[1] for i in range(4)}
-    assert used == {"0", "1"}
+    lines = [(d / "logs" / f"{job}_{i}.out").read_text().split() for i in range(4)]
+    assert {ln[1] for ln in lines} == {"0", "1"} and all(ln[1] == ln[3] for ln in lines)   # docker tasks read the latter
     assert echoed[0] == f"running 4 task(s) here (GPU 0, 1); logs in {d / 'logs'}"
     assert any(ln.endswith(f"task 2: e run 2 failed (exit 1; log {d / 'logs' / f'{job}_2.out'})") for ln in echoed)
     assert [(s.job, s.launcher, s.array) for s in S.read_submissions(d)] == [(job, "local", "0-3")]

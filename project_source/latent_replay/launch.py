@@ -425,8 +425,9 @@ def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Pla
             raise UsageError("--set", str(exc).removeprefix("configuration: ")) from None
     else:
         cfg = ExperimentConfig.from_dict(data, "configuration")
-    if cfg.name is not None and (cfg.name in ("", ".", "..") or "/" in cfg.name or "\\" in cfg.name):
-        raise UsageError("--set", f"name: {cfg.name!r} is not a plain folder name")
+    if cfg.name is not None and (cfg.name in ("", ".", "..") or "/" in cfg.name or "\\" in cfg.name
+                                 or any(ord(c) < 32 or ord(c) == 127 for c in cfg.name)):
+        raise UsageError("--set", f"name: {cfg.name!r} is not a plain folder name (one line, no / or \\)")
     if ns.replay_memory is None and cfg.memory_in_use:   # original item 14, now only when a memory is used
         info.append(f"replay memory not given: {DEFAULT_MEMORY} patterns")
 
@@ -519,7 +520,7 @@ def render_docker_script(plan: Plan, repo: Optional[Path] = None) -> str:
         "if [ -t 0 ] && [ -t 1 ]; then tty=(-it); fi",
         "",
         "status=0",
-        '"$docker" run --rm ${tty[@]+"${tty[@]}"} \\',
+        '"$docker" run --rm --init ${tty[@]+"${tty[@]}"} \\',
     ]
     options = gpu_options + [
         "--network none",

@@ -200,6 +200,8 @@ def _abs(value: str) -> Path:
 def _string(source: str, key: str, value, *, word: bool = False) -> str:
     if not isinstance(value, str) or not value:
         raise SweepError(f"{source}: {key}: expected a non-empty string, got {value!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise SweepError(f"{source}: {key}: {value!r} must be one line without control characters")
     if word and not _WORD.match(value):
         raise SweepError(f"{source}: {key}: {value!r} must be one word without quotes or shell characters")
     return value
@@ -294,6 +296,8 @@ def parse_sweep(data: dict, source: str = "sweep", *, default_name: str = "sweep
         raise SweepError(f"{source}: db_path: missing (the CORe50 root holding core50_labels.txt and core50_128x128/)")
     db_path = _abs(_string(source, "db_path", data["db_path"]))
     out = _abs(_string(source, "out", data["out"])) if "out" in data else _abs(DEFAULT_OUT) / name
+    if '"' in str(out):
+        raise SweepError(f"{source}: out: {str(out)!r} must not contain a double quote (the job script quotes it)")
     filelists = _abs(_string(source, "filelists", data["filelists"])) if data.get("filelists") is not None else None
     weights = _abs(_string(source, "weights", data["weights"])) if data.get("weights") is not None else None
     runs = data.get("runs", DEFAULT_RUNS)
@@ -691,13 +695,14 @@ def render_sbatch(spec: ScriptSpec) -> str:
     else:
         lines.append(f"# More tasks than MaxArraySize ({s.max_array_size}): submitted as several arrays, each with "
                      "LATENT_REPLAY_TASK_OFFSET.")
-    directives.append(f"--output={sweep_dir}/{LOG_DIR}/%A_%a.out")
+    # sbatch expands %-patterns in the path: a literal % of the folder is written %%
+    directives.append(f"--output={str(sweep_dir).replace('%', '%%')}/{LOG_DIR}/%A_%a.out")
     if s.time:
         directives.append(f"--time={s.time}")
     directives += ["--ntasks=1", f"--cpus-per-task={s.cpus_per_task}"]
     if s.mem:
         directives.append(f"--mem={s.mem}")
-    if s.gpus:
+    if s.gpus and spec.gpu:      # device cpu: no GPU to wait for
         directives.append(f"--gres=gpu:{s.gpu_type + ':' if s.gpu_type else ''}{s.gpus}")
     for key in ("partition", "account", "qos"):
         if getattr(s, key):
@@ -741,7 +746,9 @@ def render_sbatch(spec: ScriptSpec) -> str:
         "}",
         "finish() {",
         '    record "ended=$(date -u +%Y-%m-%dT%H:%M:%SZ)" "exit=$1"',
+        "    finished=1",
         "}",
+        'finished=""',
         'child=""',
         "# shellcheck disable=SC2317  # stop_child and on_signal are called from the traps",
         "stop_child() {",
@@ -764,6 +771,8 @@ def render_sbatch(spec: ScriptSpec) -> str:
         "}",
         "trap 'on_signal 143' TERM",
         "trap 'on_signal 130' INT",
+        "# any other way out (a failing slurm.setup line under set -e) is recorded too",
+        "trap 'status=$?; if [ -z \"$finished\" ]; then finish \"$status\"; fi' EXIT",
         'mkdir -p "$sweep_dir/state"',
         "record",
         "printf 'task %s: %s run %s (job %s on %s, %s)\\n' \"$task\" \"$experiment\" \"$run\" \"$job\" \"$host\" \"$started\"",
@@ -787,15 +796,16 @@ def render_sbatch(spec: ScriptSpec) -> str:
                       'container="latent-replay-${job}-task${task}"']
             gpu = []
             if spec.gpu:
-                lines += ["# Slurm's GPUs for this task (global indices), else those of CUDA_VISIBLE_DEVICES, else all",
-                          'gpus="${SLURM_JOB_GPUS:-${CUDA_VISIBLE_DEVICES:-}}"']
+                lines += ["# the GPU --launcher local gave this task, else Slurm's GPUs (global indices), else those "
+                          "of CUDA_VISIBLE_DEVICES, else all",
+                          'gpus="${LATENT_REPLAY_TASK_GPUS:-${SLURM_JOB_GPUS:-${CUDA_VISIBLE_DEVICES:-}}}"']
                 if spec.flavour == "new":
                     lines += ["gpu=(--gpus all)",
                               'if [ -n "$gpus" ]; then gpu=(--gpus "\\"device=$gpus\\""); fi']
                 else:
                     lines += ['gpu=(--runtime=nvidia -e "NVIDIA_VISIBLE_DEVICES=${gpus:-all}")']
                 gpu = ['"${gpu[@]}"']
-            parts = ['"$docker" run --rm --pull never --name "$container"', *gpu, "--network none",
+            parts = ['"$docker" run --rm --init --pull never --name "$container"', *gpu, "--network none",
                      '--user "$(id -u):$(id -g)"', '-e "GLIBC_TUNABLES=$GLIBC_TUNABLES"',
                      *(f"-v {q(m.spec)}" for m in binds), '"$image"', train]
         else:
@@ -1139,7 +1149,7 @@ def run_local(sweep_dir: Path, tasks: Sequence[Task], gpus: Sequence[Optional[st
             log = sweep_dir / LOG_DIR / f"{job}_{task.index}.out"
             env = {**os.environ, "LATENT_REPLAY_JOB": job, "LATENT_REPLAY_TASK_LOG": str(log)}
             if gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = gpu
+                env["CUDA_VISIBLE_DEVICES"] = env["LATENT_REPLAY_TASK_GPUS"] = gpu
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "w", encoding="utf-8") as fh:
                 code = subprocess.run(["bash", str(sweep_dir / SCRIPT), str(task.index)], stdout=fh,

@@ -19,7 +19,7 @@ tty=()
 if [ -t 0 ] && [ -t 1 ]; then tty=(-it); fi
 
 status=0
-"$docker" run --rm ${tty[@]+"${tty[@]}"} \
+"$docker" run --rm --init ${tty[@]+"${tty[@]}"} \
     --network none \
     --user "$(id -u):$(id -g)" \
     -e "GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736}" \

@@ -20,7 +20,7 @@ tty=()
 if [ -t 0 ] && [ -t 1 ]; then tty=(-it); fi
 
 status=0
-"$docker" run --rm ${tty[@]+"${tty[@]}"} \
+"$docker" run --rm --init ${tty[@]+"${tty[@]}"} \
     --gpus all \
     --network none \
     --user "$(id -u):$(id -g)" \
