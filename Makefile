@@ -32,7 +32,7 @@ test: $(STAMP)
 
 # The container smoke test (slow, needs root): installs podman & co. from Debian when missing, then builds the
 # Dockerfile on a local Debian base and trains in the image (tests/test_docker.py, docs/launcher.md).
-DOCKER_TEST_DEBS = podman runc fuse-overlayfs slirp4netns uidmap debootstrap shellcheck
+DOCKER_TEST_DEBS = podman catatonit runc fuse-overlayfs slirp4netns uidmap debootstrap shellcheck
 docker-test: $(STAMP)
 	@dpkg -s $(DOCKER_TEST_DEBS) >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DOCKER_TEST_DEBS); }
