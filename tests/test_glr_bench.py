@@ -12,6 +12,7 @@ import struct
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from latent_replay.cli import main
@@ -19,7 +20,7 @@ from latent_replay.data.core50 import DatasetError
 from latent_replay.data.digits import (IMAGES_MAGIC, MNIST_FILES, DigitData, experience_permutation, load_digits_data,
                                        load_mnist, make_stream, permute_images, read_idx, rotate_images, write_idx)
 from latent_replay.glr_bench import (BenchSettings, RunResult, RunSpec, batch_split, limit_threads, plan_runs,
-                                     run_one, seen_accuracy, write_results)
+                                     run_one, seen_accuracy, warm_up, write_results)
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -273,6 +274,14 @@ def test_runs_are_reproducible(digits):
                     stream)
     assert np.array_equal(a.matrix, b.matrix) and a.memory_bytes == b.memory_bytes
     assert not np.array_equal(a.matrix, c.matrix)
+    # the untimed warm-up before the runs draws from no seeded stream: the results stay the same
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    with limit_threads(1):
+        warm_up(settings, 64, torch.device("cpu"))
+        assert torch.equal(torch.get_rng_state(), state)
+        d = run_one(RunSpec("glr-otf", 2, 50), settings, stream)
+    assert np.array_equal(a.matrix, d.matrix)
 
 
 # ------------------------------------------------------------------------------------------ (e) command line
