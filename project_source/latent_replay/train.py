@@ -600,7 +600,7 @@ class RunTrainer:
 
     # ---------------------------------------------------------------- the run
     def train(self) -> dict:
-        n = len(self.scenario) if self.cfg.max_batches is None else min(self.cfg.max_batches, len(self.scenario))
+        n = batches_to_train(self.cfg, self.scenario)
         ckpt = self.dir / CHECKPOINT
         if ckpt.is_file():
             self.load_checkpoint(ckpt)
@@ -642,6 +642,12 @@ class RunTrainer:
 
 #: Config keys that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", *EXECUTION_KEYS)
+
+
+def batches_to_train(cfg: ExperimentConfig, scenario: Scenario) -> int:
+    """The batches a run of ``scenario`` trains: all of them, or the first ``max_batches``."""
+    n = len(scenario)
+    return n if cfg.max_batches is None else min(cfg.max_batches, n)
 
 
 def _summary_batches(path: Path) -> int:
@@ -716,10 +722,6 @@ class Trainer:
                 cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
         cfg.save(path)
 
-    def _batches_wanted(self, run: int) -> int:
-        n = len(self.scenarios[run])
-        return n if self.cfg.max_batches is None else min(self.cfg.max_batches, n)
-
     def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
         self._record_config()
@@ -729,7 +731,7 @@ class Trainer:
             if force and d.exists():
                 shutil.rmtree(d)
             if (d / "summary.json").is_file():
-                done, wanted = _summary_batches(d / "summary.json"), self._batches_wanted(r)
+                done, wanted = _summary_batches(d / "summary.json"), batches_to_train(self.cfg, self.scenarios[r])
                 if done >= wanted:
                     log.info("run %d already finished in %s (use --force to train it again)", r, d)
                     continue
