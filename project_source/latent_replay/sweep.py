@@ -50,7 +50,7 @@ import click
 from . import __version__, launch
 from .config import METHOD_ALIASES, REPLAY_ALIASES, ConfigError, ExperimentConfig, set_key
 from .data.filelists import atomic_write_text
-from .utils import format_int_list, parse_int_list
+from .utils import format_int_list, has_control_characters, parse_int_list
 
 SWEEP_FORMAT = "latent-replay-sweep"
 SWEEP_VERSION = 1
@@ -200,7 +200,7 @@ def _abs(value: str) -> Path:
 def _string(source: str, key: str, value, *, word: bool = False) -> str:
     if not isinstance(value, str) or not value:
         raise SweepError(f"{source}: {key}: expected a non-empty string, got {value!r}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if has_control_characters(value):
         raise SweepError(f"{source}: {key}: {value!r} must be one line without control characters")
     if word and not _WORD.match(value):
         raise SweepError(f"{source}: {key}: {value!r} must be one word without quotes or shell characters")

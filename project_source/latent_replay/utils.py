@@ -43,6 +43,12 @@ def format_int_list(values) -> str:
     return ",".join(parts)
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a control character (newline, tab, DEL, ...): such a value cannot go
+    into a generated script or a one-line message as it is."""
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Log to stderr with time, level and logger name."""
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
