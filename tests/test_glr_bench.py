@@ -19,7 +19,7 @@ from latent_replay.cli import main
 from latent_replay.data.core50 import DatasetError
 from latent_replay.data.digits import (IMAGES_MAGIC, MNIST_FILES, DigitData, experience_permutation, load_digits_data,
                                        load_mnist, make_stream, permute_images, read_idx, rotate_images, write_idx)
-from latent_replay.glr_bench import (BenchSettings, RunResult, RunSpec, batch_split, limit_threads, plan_runs,
+from latent_replay.glr_bench import (BenchSettings, _Run, RunResult, RunSpec, batch_split, limit_threads, plan_runs,
                                      run_one, seen_accuracy, warm_up, write_results)
 
 
@@ -282,6 +282,38 @@ def test_runs_are_reproducible(digits):
         assert torch.equal(torch.get_rng_state(), state)
         d = run_one(RunSpec("glr-otf", 2, 50), settings, stream)
     assert np.array_equal(a.matrix, d.matrix)
+
+
+def test_seeded_streams_are_independent_of_each_other_and_of_the_permutations():
+    """Every random stream of a seed is its own: before, the memory slot choices ([seed, 3]) replayed
+    experience 3's permutation, GLR's on-the-fly draws ([seed, 1]) experience 1's, and its first fit
+    ([seed, 0, 0], padded to [seed, 0]) experience 0's."""
+    from latent_replay.replay.generative import GenerativeReplay
+    from latent_replay.utils import seeded_rng, stream_key
+
+    def head(rng):
+        return tuple(rng.integers(0, 2**63, 4))
+
+    # the names' keys are fixed: documented benchmark numbers stay reproducible across versions
+    assert stream_key("glr-bench-memory-slots") == 2594902025 and stream_key("generative-fit") == 2277247926
+    for seed in (0, 1, 7):
+        named = {n: head(seeded_rng(seed, n)) for n in
+                 ("digits-test-split", "digits-train-subset", "glr-bench-memory-slots", "generative-draws")}
+        named.update({("generative-fit", b): head(seeded_rng(seed, "generative-fit", b)) for b in range(12)})
+        plain = {k: head(np.random.default_rng([seed, k])) for k in range(20)}
+        plain.update({(0, b): head(np.random.default_rng([seed, 0, b])) for b in range(12)})
+        everything = list(named.values()) + list(plain.values())
+        assert len(set(named.values())) == len(named)
+        assert len(set(everything)) == len(set(plain.values())) + len(named)
+        assert head(seeded_rng(seed, "generative-fit", 3)) == head(seeded_rng(seed, "generative-fit", 3))
+    # the objects use those streams
+    settings = BenchSettings(stream="permuted", seed=4, experiences=2)
+    run = _Run(RunSpec("glr", 1, 20), settings, make_stream(load_digits_data(0), "permuted", n_experiences=2,
+                                                               seed=4), torch.device("cpu"))
+    assert head(run.slot_rng) == head(seeded_rng(4, "glr-bench-memory-slots"))
+    g = GenerativeReplay(20, sampling="on_the_fly", seed=4)
+    assert head(g._draw_rng) == head(seeded_rng(4, "generative-draws"))
+    assert head(g._batch_rng(2)) == head(seeded_rng(4, "generative-fit", 2))
 
 
 # ------------------------------------------------------------------------------------------ (e) command line

@@ -26,8 +26,10 @@ Protocol (see ``docs/glr.md`` for the decisions and the measured tables)
 
 Randomness: every run is repeated for ``seeds`` consecutive seeds. Per seed, the stream's
 permutations, the initial weights, minibatch order and replay draws (one ``torch.Generator`` seeded with
-the seed), the memory slot choices (``numpy.random.default_rng([seed, 3])``) and GLR's generators (their
-own seed, see :mod:`latent_replay.replay.generative`) are all explicit. torch and BLAS run with
+the seed), the memory slot choices (``seeded_rng(seed, "glr-bench-memory-slots")``, a named stream of
+:func:`~latent_replay.utils.seeded_rng`, independent of the permutations' ``default_rng([seed, k])``)
+and GLR's generators (their own named streams, see :mod:`latent_replay.replay.generative`) are all
+explicit. torch and BLAS run with
 ``threads`` threads (:func:`limit_threads`; default 1). Same arguments -> same numbers on the same device.
 
 Output, per stream and sweep (``sweep`` is ``comparison``, ``freeze`` or ``buffer``; every file is
@@ -66,6 +68,7 @@ from .metrics import accuracy_matrix_frame, summary
 from .replay import ReplayMemory, choose_update
 from .replay.generative import MODES, NONNEG, GenerativeReplay
 from .results import write_csv, write_json
+from .utils import seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +234,7 @@ class _Run:
     def __init__(self, spec: RunSpec, settings: BenchSettings, stream: list[Experience], device: torch.device):
         self.spec, self.s, self.stream, self.device = spec, settings, stream, device
         self.gen = torch.Generator().manual_seed(settings.seed)
-        self.slot_rng = np.random.default_rng([settings.seed, 3])
+        self.slot_rng = seeded_rng(settings.seed, "glr-bench-memory-slots")
         in_dim = int(np.prod(stream[0].train_images.shape[1:]))
         self.model = SplitMLP(in_dim, settings.hidden, 10, spec.split, self.gen).to(device)
         self.memory = self._make_memory()

@@ -1,13 +1,16 @@
-"""Small shared helpers: integer list parsing, logging set-up, positional file I/O and returning freed heap
-memory."""
+"""Small shared helpers: integer list parsing, named random streams, logging set-up, positional file I/O
+and returning freed heap memory."""
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import hashlib
 import logging
 import os
 import re
+
+import numpy as np
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -47,6 +50,24 @@ def has_control_characters(text: str) -> bool:
     """Whether ``text`` holds a control character (newline, tab, DEL, ...): such a value cannot go
     into a generated script or a one-line message as it is."""
     return any(ord(c) < 32 or ord(c) == 127 for c in text)
+
+
+def stream_key(stream: str) -> int:
+    """The fixed 32-bit number of a named random stream: the first four bytes of its name's SHA-256."""
+    return int.from_bytes(hashlib.sha256(stream.encode("utf-8")).digest()[:4], "little")
+
+
+def seeded_rng(seed: int, stream: str, *ids: int) -> np.random.Generator:
+    """The numpy generator of the random stream named ``stream`` under ``seed`` (and ``ids``, e.g. a
+    batch index): ``SeedSequence(seed, spawn_key=(stream_key(stream), *ids))``.
+
+    Streams of other names or ids are independent of each other and of the plain
+    ``default_rng([seed, k])`` streams. Those plain lists are not independent among themselves:
+    SeedSequence pads its entropy with zeros to four words, so ``[seed, 0, 0]`` is ``[seed, 0]``, and
+    ``[seed, 3]`` is whichever other use also picked 3. A spawn key is hashed in after the padded
+    entropy, so neither can happen here."""
+    key = (stream_key(stream), *(int(i) for i in ids))
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=key))
 
 
 def setup_logging(level: str = "INFO") -> None:

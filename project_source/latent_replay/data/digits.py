@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .core50 import DatasetError
+from ..utils import seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +172,14 @@ class DigitData:
             raise ValueError(f"the training subset must hold at least 1 image, got {n}")
         if n >= len(self.train_labels):
             return self
-        pick = np.sort(np.random.default_rng([seed, 7]).choice(len(self.train_labels), n, replace=False))
+        pick = np.sort(seeded_rng(seed, "digits-train-subset").choice(len(self.train_labels), n, replace=False))
         return DigitData(self.name, self.train_images[pick], self.train_labels[pick], self.test_images,
                          self.test_labels, f"{self.source}; {n} training images picked with seed {seed}")
 
 
 def load_digits_data(seed: int = 0, test_fraction: float = 0.25) -> DigitData:
     """scikit-learn's bundled 8x8 digits as uint8 0..255 (value·255/16, rounded), split per class:
-    ``round(test_fraction · n_c)`` images of each class ``c``, chosen with ``default_rng([seed, 5])``,
+    ``round(test_fraction · n_c)`` images of each class ``c``, chosen with ``seeded_rng(seed, "digits-test-split")``,
     form the test set (1,797 images -> 1,347 train / 450 test at the default 0.25)."""
     from sklearn.datasets import load_digits
 
@@ -187,7 +188,7 @@ def load_digits_data(seed: int = 0, test_fraction: float = 0.25) -> DigitData:
     bunch = load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     labels = bunch.target.astype(np.int64)
-    rng = np.random.default_rng([seed, 5])
+    rng = seeded_rng(seed, "digits-test-split")
     test = np.zeros(len(labels), dtype=bool)
     for c in range(N_CLASSES):
         idx = np.flatnonzero(labels == c)

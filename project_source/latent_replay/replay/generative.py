@@ -49,8 +49,8 @@ own PCA basis (p x d values), which can cost more than a buffer of real latents.
 Randomness: everything random comes from explicit generators. The slot choice of the update rule
 uses the ``rng`` passed to :meth:`update` (the trainer's, as for :class:`ReplayMemory`); the labels
 and latents drawn in :meth:`update`, and the seeds of scikit-learn's k-means/PCA, come from
-``numpy.random.default_rng([seed, 0, batch_index])``; the fresh samples of on-the-fly :meth:`get` come
-from one persistent ``numpy.random.default_rng([seed, 1])`` whose state is part of
+``seeded_rng(seed, "generative-fit", batch_index)``; the fresh samples of on-the-fly :meth:`get` come
+from one persistent ``seeded_rng(seed, "generative-draws")`` (:func:`~latent_replay.utils.seeded_rng`) whose state is part of
 :meth:`state_dict`. Identical inputs and seeds therefore give identical memories, and a restored
 state continues bit-exactly.
 
@@ -75,6 +75,7 @@ import numpy as np
 import torch
 
 from .memory import choose_update
+from ..utils import seeded_rng
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +370,7 @@ class GenerativeReplay:
         self.buffer: torch.Tensor | None = None                  # buffer mode: (len, *latent_shape) float32
         self._labels = torch.zeros(0, dtype=torch.long, device=self.device)
         self._slot_generator = np.zeros(0, dtype=np.int32)      # on the fly: index into self.generators
-        self._draw_rng = np.random.default_rng([self.seed, 1])
+        self._draw_rng = seeded_rng(self.seed, "generative-draws")
         #: One dict per fitted batch: classes, sizes, fit time, EM iterations, label agreement.
         self.history: list[dict] = []
 
@@ -441,7 +442,7 @@ class GenerativeReplay:
 
     # ---------------------------------------------------------------- fitting
     def _batch_rng(self, batch_index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, 0, int(batch_index)])
+        return seeded_rng(self.seed, "generative-fit", batch_index)
 
     def _gmm(self, n_components: int, rs: int, **init):
         from sklearn.mixture import GaussianMixture
