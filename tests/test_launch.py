@@ -380,6 +380,30 @@ def test_shim_runs_from_any_folder(db, tmp_path):
     assert r.returncode == 0 and r.stdout.split()[-1] == "pool6"
 
 
+def test_shim_without_the_dependencies_uses_the_checkout_venv_or_says_what_to_do(tmp_path):
+    """Through its ``#!/usr/bin/env python3`` line the shim may run under a Python without click or numpy:
+    it then runs itself again with the checkout's .venv, or fails with one line saying how to get one."""
+    venv = REPO / ".venv" / "bin" / "python"
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    if not venv.is_file() or not base.is_file():
+        pytest.skip("needs the checkout's .venv and its base Python")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LATENT_REPLAY_SHIM_REEXEC")}
+    # -S: no site-packages, so neither click nor numpy (nor an installed latent_replay) can be imported
+    r = subprocess.run([str(base), "-S", str(SHIM), "list_layers"], capture_output=True, text=True, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.split()[-1] == "pool6", r.stderr
+    # a copy of the shim in a folder without .venv or project_source: one line, exit code != 0
+    lone = tmp_path / "lone" / "run_experiments" / "prepare_experiment.py"
+    lone.parent.mkdir(parents=True)
+    shutil.copy(SHIM, lone)
+    r = subprocess.run([str(base), "-S", str(lone), "list_layers"], capture_output=True, text=True, env=env,
+                       cwd=tmp_path)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (f"prepare_experiment.py: {base} lacks the module 'latent_replay' and there is no "
+                        f"{tmp_path / 'lone' / '.venv'}: run `make test` (or `make demo`) once in the checkout, "
+                        "or `pip install -e .`\n")
+
+
 # ------------------------------------------------------------------------- run scripts: golden files
 def _plan(launcher, flavour, device="auto", mounts=True):
     cfg = ExperimentConfig(method="ar1free", scenario=391, replay="latent", runs=[0, 1, 2, 3, 4], device=device,

@@ -206,7 +206,7 @@ def filelists_summary(filelists_dir, scenario, run, full_test):
 @scenario_option
 @click.option("--runs", default="0-4", show_default=True, callback=_runs)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Default: $LATENT_REPLAY_CACHE or ~/.cache/latent-replay.")
+              help="Default: $LATENT_REPLAY_CACHE, else $XDG_CACHE_HOME/latent-replay, else ~/.cache/latent-replay.")
 @click.option("--workers", type=int, default=None)
 def cache(root, filelists_dir, scenarios, runs, cache_dir, workers):
     """Decode every frame of the given scenarios once into the frame cache."""

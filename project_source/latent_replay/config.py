@@ -207,7 +207,7 @@ class ExperimentConfig:
     filelists: str = "batch_filelists"
     test_list: str = "reduced"
     device: str = "auto"
-    #: Decoded-frame cache folder; None = $LATENT_REPLAY_CACHE or ~/.cache/latent-replay.
+    #: Decoded-frame cache folder; None = $LATENT_REPLAY_CACHE, else $XDG_CACHE_HOME/latent-replay, else ~/.cache/latent-replay.
     cache_dir: Optional[str] = None
     #: Speed switches; each gives the same metrics as the plain path and can be turned off.
     #: Run the frozen lower part once per new frame per batch (not once per epoch) when it is
