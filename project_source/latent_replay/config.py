@@ -78,8 +78,10 @@ class Fidelity:
     #: seen later bias 0 (a +1 logit for the batch-0 classes, as in the original code); fixed: no bias.
     classifier_bias: bool = False
     #: B10: AR1* importance from the applied updates, Omega = sum(dtheta^2) / (Delta theta^2 + xi)
-    #: ("updates", the original) or the SI path integral of -grad * dtheta ("gradients").
-    importance_from: str = "gradients"
+    #: ("updates", the original, in both profiles: c, xi and F_max are calibrated for it) or the SI path
+    #: integral of -grad * dtheta ("gradients", the port's form; about 1/lr larger, so with the same
+    #: constants nearly every weight that moved reaches F_max and is frozen).
+    importance_from: str = "updates"
     #: B11: latents stored for the memory: computed in eval mode with the batch's final weights
     #: ("eval_final") or the training-mode activations of epoch 0 ("train_epoch0", the original; for
     #: batch 0 an extra training-mode pass of the whole network, which updates every BRN layer's moments).

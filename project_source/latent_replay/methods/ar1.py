@@ -35,7 +35,7 @@ class Importance:
     """The SI-style importance of AR1* over a set of named parameters."""
 
     def __init__(self, params: dict[str, torch.nn.Parameter], *, c: float, xi: float, f_max: float,
-                 mode: str = "gradients"):
+                 mode: str = "updates"):
         if mode not in ("gradients", "updates"):
             raise ValueError(f"importance mode must be 'gradients' or 'updates', got {mode!r}")
         self.params, self.c, self.xi, self.f_max, self.mode = params, c, xi, f_max, mode
