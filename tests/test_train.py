@@ -433,6 +433,33 @@ def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_pat
     cfg = _cfg(tiny, tmp_path, runs=[0, 1], device="auto", epochs_first_batch=1, max_batches=1)
     exp = Path(cfg.out) / cfg.experiment_name
     exp.mkdir(parents=True)
+@pytest.mark.parametrize("replay, lower_moves", [("none", True), ("native", True), ("latent", False)])
+def test_cwr_backbone_runs_training_mode_brn_unless_below_latent_replay(tiny, tmp_path, replay, lower_moves):
+    """Spec §7.3: CWR*'s backbone has learning rate 0 but its BRN layers run in training mode and their
+    moments keep moving; only below a latent replay layer (here pool6) does the fixed profile freeze them
+    in eval mode (B12). The backbone's weights never move."""
+    cfg = _cfg(tiny, tmp_path, method="cwr", replay=replay, latent_layer="pool6", epochs_first_batch=2, max_batches=2)
+    trainer = Trainer(cfg, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt.train_batch(0)
+    rt.batches_done = 1
+    before = {k: v.clone() for k, v in rt.model.state_dict().items()}
+    modes = []
+    rt.model.conv1.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    rt.train_batch(1)
+    after = rt.model.state_dict()
+    # the running estimates (accumulator / normaliser; batch 1 rescales both to the past weight)
+    brn = [k[:-len(".A_mu")] for k in before if k.endswith("brn.A_mu")]
+    moved = [k for k in brn if not all(torch.allclose(before[f"{k}.{a}"] / before[f"{k}.S"],
+                                                      after[f"{k}.{a}"] / after[f"{k}.S"], rtol=1e-6, atol=0)
+                                       for a in ("A_mu", "A_var"))]
+    assert len(brn) == 27 and ((len(moved) == len(brn)) if lower_moves else not moved), moved
+    assert modes and any(modes) is lower_moves          # training forwards in training mode (evaluation: eval)
+    weights = [k for k in before if k.endswith(".weight") and not k.startswith("mid_fc7")]
+    assert weights and all(torch.equal(before[k], after[k]) for k in weights)
+    assert rt.lower_frozen_eval is not lower_moves
+
+
     cfg.save(exp / "exp_configuration.json")
     before = (exp / "exp_configuration.json").read_bytes()
     Trainer(cfg.replace(runs=[0], device="cpu"), progress=False).run_all()

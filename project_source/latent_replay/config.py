@@ -88,6 +88,8 @@ class Fidelity:
     stored_latents: str = "eval_final"
     #: B12: below the latent layer, 1x1 conv weights still decay and BRN moments keep moving
     #: (training-mode statistics), so stored latents slowly age; fixed: completely frozen, eval mode.
+    #: Only below a latent (or generative) replay layer: CWR*'s backbone without latent replay always
+    #: runs its BRN layers in training mode (learning rate 0), as the original.
     lower_drift: bool = False
     #: B13: SGD momentum created at batch 1 and kept across all later batches (also the classifier's,
     #: although CWR* resets its weights); fixed: momentum reset at every batch start.

@@ -7,9 +7,10 @@ Spec §5 (procedure), §6 (methods via :mod:`latent_replay.methods`), §7 (repla
 One training iteration of an incremental batch (b > 0): k_new new patterns and k_mem memory patterns
 (k_new = round(128·n/(n+M)), never hard-coded). The network is split at the *split layer*: the latent
 layer for latent replay, ``pool6`` for CWR* (only the classifier learns), ``data`` otherwise. The lower
-part is frozen and runs without gradients (eval mode, or training-mode BRN with drifting moments under
-``lower_drift``); its output for the new patterns is concatenated with the replayed latents and the
-upper part learns. Batch 0 trains the whole network.
+part is frozen and runs without gradients: below a latent replay layer in eval mode (or training-mode
+BRN with drifting moments under ``lower_drift``); CWR*'s backbone without latent replay always in
+training mode, its BRN moments moving as in the original. Its output for the new patterns is
+concatenated with the replayed latents and the upper part learns. Batch 0 trains the whole network.
 """
 from __future__ import annotations
 
@@ -199,13 +200,21 @@ class RunTrainer:
         return preprocess(frames_u8, self.cfg.preprocessing, channels_last=self.cfg.channels_last)
 
     @property
+    @property
+    def lower_fixed(self) -> bool:
+        """Whether the part below the split is frozen in eval mode from batch 1 on: below a latent (or
+        generative) replay layer unless ``lower_drift`` (B12). CWR*'s backbone below pool6 without latent
+        replay is frozen by its learning rates only: its BRN layers normalise with the minibatch's
+        statistics and keep updating their moments, in both profiles, as the original (spec §5.6, §7.3)."""
+        return self.cfg.uses_latent and not self.fid.lower_drift
+
     def lower_frozen_eval(self) -> bool:
         """Whether the lower part is a fixed function in incremental batches (eval mode, no drift)."""
-        return self.batches_done >= 1 and self.split_layer != "data" and not self.fid.lower_drift
+        return self.batches_done >= 1 and self.split_layer != "data" and self.lower_fixed
 
     def _set_modes(self, batch_index: int) -> None:
         self.model.train()
-        if batch_index > 0 and not self.fid.lower_drift:
+        if batch_index > 0 and self.lower_fixed:
             self.lower.eval()
 
     def _incremental_brn(self) -> BRNConfig:
