@@ -43,6 +43,12 @@ def test_spec_table_5_2(pad, n, m, k_new, k_mem, new_len, mem_len, per_epoch):
     assert all(len(s.new_rows(it)) + len(s.mem_rows(it)) <= 128 for it in range(s.iterations))
 
 
+@pytest.mark.parametrize("n, m, k_new", [(5, 251, 2), (3, 253, 2), (7, 249, 4), (300, 1500, 21)])
+def test_split_rounds_half_to_even_as_the_original(n, m, k_new):
+    """k_new = round(128·n/(n+M)) with numpy's rounding (half to even): 2.5 -> 2, 1.5 -> 2, 3.5 -> 4."""
+    assert _plan(n, m, pad=True).k_new == k_new == int(np.round(128 * n / (n + m)))
+
+
 def test_caffe_replay_when_none_sees_252_of_300():
     s = _plan(300, 1500, pad=True, count_memory=False)  # B1: memory mixed in but not counted
     assert (s.k_new, s.iterations) == (21, 12)
@@ -427,12 +433,6 @@ def test_caffe_batch0_latent_pass_updates_every_brn_layer(tiny, tmp_path):
         assert float(brn.S) == pytest.approx(float(rt.model.conv1.brn.S), rel=1e-6), name
 
 
-def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_path):
-    """``run_experiment.sh --runs 0`` must not narrow the experiment's config for later calls: the
-    prepared config is kept (device too); runs trained beyond it are added to its ``runs``."""
-    cfg = _cfg(tiny, tmp_path, runs=[0, 1], device="auto", epochs_first_batch=1, max_batches=1)
-    exp = Path(cfg.out) / cfg.experiment_name
-    exp.mkdir(parents=True)
 @pytest.mark.parametrize("replay, lower_moves", [("none", True), ("native", True), ("latent", False)])
 def test_cwr_backbone_runs_training_mode_brn_unless_below_latent_replay(tiny, tmp_path, replay, lower_moves):
     """Spec §7.3: CWR*'s backbone has learning rate 0 but its BRN layers run in training mode and their
@@ -460,6 +460,12 @@ def test_cwr_backbone_runs_training_mode_brn_unless_below_latent_replay(tiny, tm
     assert rt.lower_frozen_eval is not lower_moves
 
 
+def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_path):
+    """``run_experiment.sh --runs 0`` must not narrow the experiment's config for later calls: the
+    prepared config is kept (device too); runs trained beyond it are added to its ``runs``."""
+    cfg = _cfg(tiny, tmp_path, runs=[0, 1], device="auto", epochs_first_batch=1, max_batches=1)
+    exp = Path(cfg.out) / cfg.experiment_name
+    exp.mkdir(parents=True)
     cfg.save(exp / "exp_configuration.json")
     before = (exp / "exp_configuration.json").read_bytes()
     Trainer(cfg.replace(runs=[0], device="cpu"), progress=False).run_all()

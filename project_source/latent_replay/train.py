@@ -100,7 +100,8 @@ def plan_batch(n_new: int, n_mem: int, *, minibatch: int, epochs: float, pad: bo
     counts iterations as ceil(count/minibatch); otherwise one epoch is one pass over the new patterns.
     ``perm(n)`` returns a permutation (shuffled once per batch, spec §5.3).
     """
-    k_new = minibatch if n_mem == 0 else int(math.floor(minibatch * n_new / (n_new + n_mem) + 0.5))
+    # round half to even, as the original's np.round (spec §5.2): 128·5/256 = 2.5 -> 2
+    k_new = minibatch if n_mem == 0 else int(round(minibatch * n_new / (n_new + n_mem)))
     k_new = min(max(k_new, 1), minibatch)
     k_mem = minibatch - k_new if n_mem else 0
     if k_mem == 0:
@@ -200,7 +201,6 @@ class RunTrainer:
         return preprocess(frames_u8, self.cfg.preprocessing, channels_last=self.cfg.channels_last)
 
     @property
-    @property
     def lower_fixed(self) -> bool:
         """Whether the part below the split is frozen in eval mode from batch 1 on: below a latent (or
         generative) replay layer unless ``lower_drift`` (B12). CWR*'s backbone below pool6 without latent
@@ -208,6 +208,7 @@ class RunTrainer:
         statistics and keep updating their moments, in both profiles, as the original (spec §5.6, §7.3)."""
         return self.cfg.uses_latent and not self.fid.lower_drift
 
+    @property
     def lower_frozen_eval(self) -> bool:
         """Whether the lower part is a fixed function in incremental batches (eval mode, no drift)."""
         return self.batches_done >= 1 and self.split_layer != "data" and self.lower_fixed
