@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -458,6 +459,29 @@ def test_cwr_backbone_runs_training_mode_brn_unless_below_latent_replay(tiny, tm
     weights = [k for k in before if k.endswith(".weight") and not k.startswith("mid_fc7")]
     assert weights and all(torch.equal(before[k], after[k]) for k in weights)
     assert rt.lower_frozen_eval is not lower_moves
+
+
+def test_preprocessing_follows_the_weights_unless_forced(tiny, tmp_path, caplog):
+    """B15: "auto" (the default) uses what the loaded weights expect: ImageNet mean/std for pytorchcv's
+    (recorded in an imported checkpoint), Caffe BGR means for random weights; a forced mismatch warns."""
+    from latent_replay.data.core50 import preprocess
+    from latent_replay.models import MobileNetV1
+    from latent_replay.models.weights import save_checkpoint
+
+    weights = save_checkpoint(tmp_path / "w.pt", MobileNetV1(fc_bias=False), source="pytorchcv:mobilenet_w1",
+                              preprocessing="imagenet")
+    assert ExperimentConfig().preprocessing == "auto"
+    for kw, expected, warned in ((dict(weights=str(weights)), "imagenet", False), ({}, "caffe", False),
+                                 (dict(weights=str(weights), preprocessing="caffe"), "caffe", True)):
+        cfg = _cfg(tiny, tmp_path, max_batches=1, **kw)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="latent_replay.train"):
+            trainer = Trainer(cfg, progress=False)
+        assert ("expect imagenet preprocessing but the config uses caffe" in caplog.text) is warned
+        rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+        assert rt.preprocessing == expected
+        frames = rt.test_frames[:2]
+        assert torch.equal(rt._pre(frames), preprocess(frames, expected, channels_last=cfg.channels_last))
 
 
 def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_path):

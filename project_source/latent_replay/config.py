@@ -205,7 +205,10 @@ class ExperimentConfig:
     brn_incremental: BRNSettings = field(default_factory=lambda: BRNSettings(0, 1, 1, 1.25, 0.5, None))
     #: W of the past-weight rescale at batch 1; None = 10000 (no/native replay) or 20000 (latent).
     brn_past_weight: Optional[float] = None
-    preprocessing: str = "caffe"
+    #: Input preprocessing: "caffe" (BGR mean subtraction, the original's), "imagenet" (RGB / 255, ImageNet
+    #: mean/std: what pytorchcv's weights were trained with, spec B15) or "auto": what the loaded weights
+    #: expect (their checkpoint records it), "caffe" without weights.
+    preprocessing: str = "auto"
     weights: Optional[str] = None
     dataset_root: str = "/datasets"
     filelists: str = "batch_filelists"
@@ -290,7 +293,7 @@ class ExperimentConfig:
         _choice("replay", self.replay, REPLAYS)
         _choice("latent_layer", self.latent_layer, LATENT_LAYERS)
         _choice("latent_dtype", self.latent_dtype, LATENT_DTYPES)
-        _choice("preprocessing", self.preprocessing, ("caffe", "imagenet"))
+        _choice("preprocessing", self.preprocessing, ("auto", "caffe", "imagenet"))
         _choice("test_list", self.test_list, ("reduced", "full"))
         _choice("device", self.device, DEVICES)
         _choice("profile", self.profile, PROFILES)

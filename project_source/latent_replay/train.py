@@ -119,6 +119,14 @@ def plan_batch(n_new: int, n_mem: int, *, minibatch: int, epochs: float, pad: bo
     return Schedule(k_new, k_mem, per_epoch, max(1, int(round(epochs * per_epoch))), new_order, mem_order)
 
 
+def resolve_preprocessing(preprocessing: str, weights_info: dict) -> str:
+    """The preprocessing in force: the configured one, or for ``auto`` what the loaded weights expect
+    (``load_weights``' ``preprocessing``), ``caffe`` for random initial weights."""
+    if preprocessing != "auto":
+        return preprocessing
+    return weights_info.get("preprocessing") or "caffe"
+
+
 # ------------------------------------------------------------------------------------------ run
 class RunTrainer:
     """Trains one run of one experiment; see the module docstring."""
@@ -134,6 +142,7 @@ class RunTrainer:
             torch.manual_seed(cfg.seed * 1000 + run)   # the initial weights depend on (seed, run) only
             self.model = MobileNetV1(fc_bias=fid.classifier_bias).to(device)
         self.weights_info = load_weights(self.model, cfg.weights)
+        self.preprocessing = resolve_preprocessing(cfg.preprocessing, self.weights_info)
         if fid.first_batch_brn_start == "zero" or self.weights_info["source"] == "random":
             for brn in self.model.brn_layers().values():
                 brn.set_running_stats(torch.zeros(brn.num_features), torch.zeros(brn.num_features), 0.0, step=0)
@@ -198,7 +207,7 @@ class RunTrainer:
         return self._rng().permutation(n)
 
     def _pre(self, frames_u8: torch.Tensor) -> torch.Tensor:
-        return preprocess(frames_u8, self.cfg.preprocessing, channels_last=self.cfg.channels_last)
+        return preprocess(frames_u8, self.preprocessing, channels_last=self.cfg.channels_last)
 
     @property
     def lower_fixed(self) -> bool:
@@ -643,7 +652,8 @@ class RunTrainer:
             "eval_seconds": float(sum(r["eval_seconds"] for r in self.rows)),
             "iterations": self.global_iter, "memory_bytes": self.memory.nbytes if self.memory else 0,
             "device": str(self.device), "torch": torch.__version__, "suite": __version__,
-            "weights": self.weights_info["source"], "fidelity": self.cfg.describe_fidelity(),
+            "weights": self.weights_info["source"], "preprocessing": self.preprocessing,
+            "fidelity": self.cfg.describe_fidelity(),
             "config": self.cfg.to_dict(),
         }
         write_json(self.dir / "summary.json", summary)
@@ -704,7 +714,10 @@ class Trainer:
             return
         probe = MobileNetV1(fc_bias=self.cfg.fidelity.classifier_bias)
         info = load_weights(probe, self.cfg.weights)
-        if info["preprocessing"] and info["preprocessing"] != self.cfg.preprocessing:
+        if self.cfg.preprocessing == "auto":
+            log.info("preprocessing: %s, as the weights %s expect", resolve_preprocessing("auto", info),
+                     self.cfg.weights)
+        elif info["preprocessing"] and info["preprocessing"] != self.cfg.preprocessing:
             log.warning("weights %s expect %s preprocessing but the config uses %s (spec B15)",
                         self.cfg.weights, info["preprocessing"], self.cfg.preprocessing)
 
