@@ -27,10 +27,11 @@ def test_defaults_and_derived_values():
 def test_every_switch_differs_between_profiles():
     fixed, caffe = dataclasses.asdict(profile_fidelity("fixed")), dataclasses.asdict(profile_fidelity("caffe"))
     assert set(fixed) == set(PROFILE_SWITCHES["caffe"])
-    # B10 is decided the original's way in both profiles (AR1*'s constants are calibrated for the applied
-    # updates); "gradients" stays a choice
-    assert fixed["importance_from"] == caffe["importance_from"] == "updates"
-    assert all(fixed[k] != caffe[k] for k in fixed if k != "importance_from")
+    # B9 and B10 are decided the original's way in both profiles (B9: the spec keeps it; B10: AR1*'s
+    # constants are calibrated for the applied updates); the alternatives stay choices
+    same = {"cwr_mean_shift": "scalar", "cwr_count_memory": True, "importance_from": "updates"}
+    assert {k: fixed[k] for k in same} == {k: caffe[k] for k in same} == same
+    assert all(fixed[k] != caffe[k] for k in fixed if k not in same)
     assert ExperimentConfig(profile="caffe").fidelity == profile_fidelity("caffe")
     # B1: the caffe profile keeps a memory even without replay
     assert ExperimentConfig(replay="none", profile="caffe").memory_in_use
@@ -86,6 +87,8 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
      "brn_first_batch.moving_fraction: must be in [0, 1] or null, got 1.5"),
     ({"latent_layer": "conv5_4"}, "latent_layer: 'conv5_4' is not one of data,"),
     ({"fidelity": {"importance_from": "both"}}, "fidelity.importance_from: 'both' is not one of gradients, updates"),
+    ({"fidelity": {"cwr_mean_shift": "median"}}, "fidelity.cwr_mean_shift: 'median' is not one of scalar, per_feature"),
+    ({"fidelity": {"cwr_count_memory": "yes"}}, "fidelity.cwr_count_memory: expected"),
     ({"fidelity": {"lower_drift": "yes"}}, "fidelity.lower_drift: expected bool, got str 'yes'"),
     ({"brn_first_batch": {"t0": 1}}, "brn_first_batch: missing key t_r"),
     ({"method": "cwr", "replay": "latent"}, "latent_layer: CWR* trains only the classifier"),

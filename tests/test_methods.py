@@ -59,6 +59,41 @@ def test_cwr_weighted_average_and_caffe_bias():
     assert head.cb.tolist() == [1.0, 0.0, 0.0] and fc.bias.tolist() == [1.0, 0.0, 0.0]
 
 
+def test_cwr_b9_switches_per_feature_mean_and_counts_of_new_patterns_only():
+    """B9 alternatives: each feature's mean over the present classes, and class counts from the new
+    patterns only (a class present only through the memory keeps its consolidated weights)."""
+    fc = torch.nn.Linear(2, 3, bias=False)
+    head = CWRHead(fc, mean_shift="per_feature")
+    head.reset(torch.tensor([0, 0, 1]), load=False)
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 6.0], [9.0, 9.0]]))
+    head.consolidate()
+    # per-feature means over classes 0 and 1: (2, 4)
+    assert torch.allclose(head.cw, torch.tensor([[-1.0, -2.0], [1.0, 2.0], [0.0, 0.0]]))
+    # batch 1: new patterns of class 1, the memory holds class 0 and 1 patterns; only new ones count
+    head.reset(torch.tensor([1, 1, 0, 1]), load=True, count_labels=torch.tensor([1, 1]))
+    assert head.present.tolist() == [True, True, False] and head.batch_counts.tolist() == [0, 2, 0]
+    with torch.no_grad():
+        fc.weight.copy_(torch.tensor([[5.0, 5.0], [3.0, 1.0], [0.0, 0.0]]))
+    head.consolidate()
+    # class 0 (memory only) keeps cw; class 1: w_past = sqrt(1/2), mean (4, 3)
+    w = math.sqrt(1 / 2)
+    assert torch.allclose(head.cw[0], torch.tensor([-1.0, -2.0]))
+    assert torch.allclose(head.cw[1], (w * torch.tensor([1.0, 2.0]) + torch.tensor([-1.0, -2.0])) / (w + 1))
+    assert head.counts.tolist() == [2, 3, 0]
+    # the original's counting (the default) counts the memory's labels too
+    fc2 = torch.nn.Linear(2, 3, bias=False)
+    orig = CWRHead(fc2)
+    orig.reset(torch.tensor([1, 1, 0, 1]), load=False)
+    assert orig.batch_counts.tolist() == [1, 3, 0]
+    try:
+        CWRHead(fc2, mean_shift="median")
+    except ValueError as e:
+        assert "mean_shift" in str(e)
+    else:
+        raise AssertionError("a bad mean_shift was accepted")
+
+
 def _reference(thetas, grads, mode, c=1.0, xi=1e-7, f_max=1e-3, omega=None):
     """float64 spec §6.2 on one batch of steps: returns (omega, F)."""
     thetas = [t.double() for t in thetas]

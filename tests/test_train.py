@@ -484,6 +484,27 @@ def test_preprocessing_follows_the_weights_unless_forced(tiny, tmp_path, caplog)
         assert torch.equal(rt._pre(frames), preprocess(frames, expected, channels_last=cfg.channels_last))
 
 
+@pytest.mark.parametrize("count_memory", [True, False])
+def test_cwr_counts_with_and_without_the_memory_labels(tiny, tmp_path, count_memory):
+    """B9: the original counts every memory label in n_c at every batch; the switch counts new patterns only."""
+    cfg = _cfg(tiny, tmp_path, method="cwr", replay="native", epochs_first_batch=1, max_batches=2,
+               fidelity={"cwr_count_memory": count_memory, "cwr_mean_shift": "per_feature"})
+    trainer = Trainer(cfg, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt.train_batch(0)
+    after0 = rt.method.head.counts.clone()
+    memory_labels = rt.memory.labels.clone()
+    rt.batches_done = 1
+    rt.train_batch(1)
+    _, labels1 = rt._batch_patterns(1)
+    n = 50
+    new = torch.bincount(torch.as_tensor(labels1), minlength=n).double()
+    mem = torch.bincount(memory_labels.cpu(), minlength=n).double()
+    assert torch.equal(after0, torch.bincount(torch.as_tensor(rt._batch_patterns(0)[1]), minlength=n).double())
+    assert torch.equal(rt.method.head.counts.cpu(), after0 + new + (mem if count_memory else 0))
+    assert rt.method.head.mean_shift == "per_feature"
+
+
 def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_path):
     """``run_experiment.sh --runs 0`` must not narrow the experiment's config for later calls: the
     prepared config is kept (device too); runs trained beyond it are added to its ``runs``."""

@@ -77,6 +77,14 @@ class Fidelity:
     #: loaded (0 for a class never consolidated), so the batch-0 classes keep bias 1 and classes first
     #: seen later bias 0 (a +1 logit for the batch-0 classes, as in the original code); fixed: no bias.
     classifier_bias: bool = False
+    #: B9: CWR*'s mean-shift subtracts one scalar, the mean of every weight of the present classes
+    #: ("scalar", the original and the PyTorch port, in both profiles) or each feature's mean over
+    #: those classes ("per_feature").
+    cwr_mean_shift: str = "scalar"
+    #: B9: CWR*'s class counts n_c include the memory's labels, so a stored pattern counts again every
+    #: batch it is replayed in (the original and the port, in both profiles); off: only new patterns
+    #: count, and a class present only through the memory keeps its consolidated weights.
+    cwr_count_memory: bool = True
     #: B10: AR1* importance from the applied updates, Omega = sum(dtheta^2) / (Delta theta^2 + xi)
     #: ("updates", the original, in both profiles: c, xi and F_max are calibrated for it) or the SI path
     #: integral of -grad * dtheta ("gradients", the port's form; about 1/lr larger, so with the same
@@ -85,6 +93,8 @@ class Fidelity:
     #: B11: latents stored for the memory: computed in eval mode with the batch's final weights
     #: ("eval_final") or the training-mode activations of epoch 0 ("train_epoch0", the original; for
     #: batch 0 an extra training-mode pass of the whole network, which updates every BRN layer's moments).
+    #: Precisely: the activations the upper part saw in epoch 0; with ``lower_drift`` off the lower part
+    #: runs in eval mode from batch 1 on, so those are eval-mode activations of that moment's weights.
     stored_latents: str = "eval_final"
     #: B12: below the latent layer, 1x1 conv weights still decay and BRN moments keep moving
     #: (training-mode statistics), so stored latents slowly age; fixed: completely frozen, eval mode.
@@ -105,11 +115,13 @@ PROFILE_SWITCHES: dict[str, dict[str, Any]] = {
     "caffe": {
         "replay_when_none": True, "ar1_as_ar1free": True, "reseed_rng_each_shuffle": True,
         "pad_training_like_caffe": True, "padded_test_set": True, "eval_at_iteration_1": True,
-        "classifier_bias": True, "importance_from": "updates", "stored_latents": "train_epoch0",
-        "lower_drift": True, "momentum_persists": True, "first_batch_brn_start": "zero",
+        "classifier_bias": True, "cwr_mean_shift": "scalar", "cwr_count_memory": True,
+        "importance_from": "updates", "stored_latents": "train_epoch0", "lower_drift": True,
+        "momentum_persists": True, "first_batch_brn_start": "zero",
     },
 }
 _CHOICES = {
+    "cwr_mean_shift": ("scalar", "per_feature"),
     "importance_from": ("gradients", "updates"),
     "stored_latents": ("eval_final", "train_epoch0"),
     "first_batch_brn_start": ("pretrained", "zero"),

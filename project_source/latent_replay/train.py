@@ -408,8 +408,8 @@ class RunTrainer:
         sched = plan_batch(len(paths), n_mem, minibatch=cfg.minibatch,
                            epochs=cfg.epochs_first_batch if b == 0 else cfg.epochs,
                            pad=fid.pad_training_like_caffe, count_memory=cfg.uses_replay, perm=self._perm)
-        count_labels = torch.cat([new_labels, self.memory.labels]) if mixing else new_labels
-        self.method.before_batch(b, count_labels)
+        trained_labels = torch.cat([new_labels, self.memory.labels]) if mixing else new_labels
+        self.method.before_batch(b, trained_labels, new_labels)
         incremental_split = phase > 0 and self.split_layer != "data"
         if incremental_split and self._test_cache_due:
             self._sync()                     # timed as evaluation, not as training

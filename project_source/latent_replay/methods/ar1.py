@@ -124,8 +124,8 @@ class AR1Star(AR1Free):
     def set_moving(self, names: set[str]) -> None:
         self.moving = names
 
-    def before_batch(self, batch_index: int, labels: torch.Tensor) -> None:
-        super().before_batch(batch_index, labels)
+    def before_batch(self, batch_index: int, labels: torch.Tensor, new_labels: torch.Tensor | None = None) -> None:
+        super().before_batch(batch_index, labels, new_labels)
         self.importance.start_batch(self.moving)   # frozen weights cannot move: no bookkeeping
 
     def after_backward(self) -> None:

@@ -46,8 +46,9 @@ class Method:
     def set_moving(self, names: set[str]) -> None:
         """The parameters the optimiser may change from now on (trainable or decay-only)."""
 
-    def before_batch(self, batch_index: int, labels: torch.Tensor) -> None:
-        """``labels``: every label trained on in this batch (new patterns and memory)."""
+    def before_batch(self, batch_index: int, labels: torch.Tensor, new_labels: torch.Tensor | None = None) -> None:
+        """``labels``: every label trained on in this batch (new patterns and memory); ``new_labels``:
+        those of the new patterns only (unpadded)."""
 
     def after_backward(self) -> None:
         """The loss gradients are in ``.grad`` (weight decay not yet added)."""
