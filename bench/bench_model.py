@@ -168,7 +168,7 @@ def main(argv=None) -> dict:
         "glibc_tunables_set": TUNED in os.environ.get("GLIBC_TUNABLES", ""),
         "torch": torch.__version__,
         "gmac_per_image": round(sum(macs.values()) / 1e9, 4),
-        "gemm_gflop_s": round(gemm, 1),
+        "gemm_gflop_s": round(gemm, 3),
         "results": results,
     }
     print(json.dumps(out, indent=2))
