@@ -528,10 +528,38 @@ def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_pat
     (exp / "exp_configuration.json").write_text("{")
     Trainer(cfg.replace(runs=[0]), progress=False).run_all()
     assert ExperimentConfig.load(exp / "exp_configuration.json").runs == [0]
-    # another experiment's config under the same name is replaced, as before
+    # another experiment's config under the same name: refused while runs hold results (which it would
+    # mislabel), even when it would train nothing; with --force it replaces them and stale summaries go
     other = cfg.replace(lr=0.5, name=cfg.experiment_name, runs=[0])
+    before = (exp / "exp_configuration.json").read_bytes()
+    with pytest.raises(ConfigError, match=r"exp_configuration.json: the experiment's results \(run0\) were "
+                                          r"trained with another configuration \(changed: lr, name\)"):
+        Trainer(other, progress=False).run_all()
+    assert (exp / "exp_configuration.json").read_bytes() == before
     Trainer(other, progress=False).run_all(force=True)
     assert ExperimentConfig.load(exp / "exp_configuration.json").lr == 0.5
+
+
+def test_unreadable_checkpoints_are_one_line_errors_and_nothing_is_overwritten(tiny, tmp_path):
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=1, max_batches=1)
+    Trainer(cfg, progress=False).run_all()
+    d = Path(cfg.out) / cfg.experiment_name / "run0"
+    (d / "summary.json").unlink()                     # unfinished: the next call resumes from the checkpoint
+    metrics = (d / "metrics.csv").read_bytes()
+    for content in (b"", b"\x00garbage", b'{"json": 1}', (d / "checkpoint.pt").read_bytes()[:300], None):
+        (d / "checkpoint.pt").unlink(missing_ok=True)
+        if content is None:
+            (d / "checkpoint.pt").mkdir()
+        else:
+            (d / "checkpoint.pt").write_bytes(content)
+        with pytest.raises(ConfigError) as err:
+            Trainer(cfg, progress=False).run_all()
+        msg = str(err.value)
+        assert msg.startswith(f"{d / 'checkpoint.pt'}: cannot read the run checkpoint (") and "\n" not in msg
+        assert msg.endswith("delete it, or use --force, to train the run again")
+        assert (d / "metrics.csv").read_bytes() == metrics
+        if content is None:
+            (d / "checkpoint.pt").rmdir()
 
 
 @pytest.mark.parametrize("pad", [False, True])

@@ -39,7 +39,7 @@ from .methods import DECAY_MULTS, make_method
 from .models import BRNConfig, MobileNetV1, param_names_by_kind, recompute_bn_relu, split
 from .models.weights import load_weights
 from .replay import ReplayMemory, choose_update
-from .results import CONFIG_FILE, aggregate_runs, run_dir, write_json, write_metrics
+from .results import CONFIG_FILE, aggregate_runs, run_dir, run_dirs, write_json, write_metrics
 from .rowfile import RowFile
 from .utils import release_free_memory
 
@@ -595,8 +595,13 @@ class RunTrainer:
         os.replace(tmp, path)
 
     def load_checkpoint(self, path: Path) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("format") != "latent-replay-run-checkpoint":
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as e:   # torch raises many kinds (pickle, zip reader, OSError, EOF)
+            detail = " ".join(str(e).split())[:200] or type(e).__name__
+            raise ConfigError(f"{path}: cannot read the run checkpoint ({detail}); delete it, or use --force, "
+                              "to train the run again") from None
+        if not isinstance(state, dict) or state.get("format") != "latent-replay-run-checkpoint":
             raise ConfigError(f"{path}: not a run checkpoint of this suite")
         if _identity(state["config"]) != _identity(self.cfg.to_dict()):
             raise ConfigError(f"{path}: checkpoint was written with a different configuration "
@@ -621,7 +626,7 @@ class RunTrainer:
     def train(self) -> dict:
         n = batches_to_train(self.cfg, self.scenario)
         ckpt = self.dir / CHECKPOINT
-        if ckpt.is_file():
+        if ckpt.exists() or ckpt.is_symlink():
             self.load_checkpoint(ckpt)
             log.info("run %d: resuming after batch %d of %d", self.run, self.batches_done - 1, n)
             # batches after the checkpoint (checkpoint_every > 1) are trained again: drop their rows now
@@ -721,7 +726,7 @@ class Trainer:
             log.warning("weights %s expect %s preprocessing but the config uses %s (spec B15)",
                         self.cfg.weights, info["preprocessing"], self.cfg.preprocessing)
 
-    def _record_config(self) -> None:
+    def _record_config(self, force: bool = False) -> None:
         """Write the experiment's config, keeping what the command line only overrode for this call.
 
         Where the folder already holds the same experiment's config (e.g. the one ``prepare`` wrote,
@@ -736,6 +741,8 @@ class Trainer:
                 saved = ExperimentConfig.load(path)
             except ConfigError:
                 saved = None
+            if saved is not None and _identity(saved.to_dict()) != _identity(cfg.to_dict()):
+                self._refuse_other_results(path, saved, force)
             if saved is not None and _identity(saved.to_dict()) == _identity(cfg.to_dict()):
                 runs = list(saved.runs) + [r for r in cfg.runs if r not in saved.runs]
                 if _without(saved.to_dict(), CLI_OVERRIDES) == _without(cfg.to_dict(), CLI_OVERRIDES):
@@ -745,9 +752,30 @@ class Trainer:
                 cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
         cfg.save(path)
 
+    def _refuse_other_results(self, path: Path, saved: ExperimentConfig, force: bool) -> None:
+        """The folder's config differs from this one in a key that changes training: its results must not
+        end up labelled with this config. Refused while a run folder holds results, unless ``force``
+        (which trains this call's runs again; other runs' results are then left, with a warning)."""
+        old, new = _identity(saved.to_dict()), _identity(self.cfg.to_dict())
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        with_results = [d.name for _, d in run_dirs(self.experiment_dir)
+                        if any((d / f).exists() for f in (CHECKPOINT, "metrics.csv", "summary.json"))]
+        if not with_results:
+            return
+        if not force:
+            raise ConfigError(f"{path}: the experiment's results ({', '.join(with_results)}) were trained with "
+                              f"another configuration (changed: {', '.join(changed)}); give this one another "
+                              "name or out, or use --force to train it again")
+        others = [n for n in with_results if n not in {f"run{r}" for r in self.cfg.runs}]
+        if others:
+            log.warning("%s: %s keep results of the former configuration (changed: %s)", self.experiment_dir,
+                        ", ".join(others), ", ".join(changed))
+
     def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
-        self._record_config()
+        self._record_config(force)
+        if force:   # the runs it lists are trained again: an interrupted call must not leave it behind
+            (self.experiment_dir / "summary.csv").unlink(missing_ok=True)
         summaries = []
         for r in self.cfg.runs:
             d = run_dir(self.cfg.out, self.cfg.experiment_name, r)
