@@ -289,6 +289,40 @@ def test_checkpoint_round_trip(tmp_path, x):
     assert info == {"source": "pytorchcv:mobilenet_w1", "preprocessing": "imagenet", "report": None}
 
 
+def test_checkpoint_with_or_without_classifier_bias_fits_either_model(tmp_path):
+    """`weights convert` keeps pytorchcv's classifier bias, while the default model has none (B8 fixed):
+    the bias is dropped, and a model with a bias keeps its own where the checkpoint has none."""
+    with_bias = _random_model(seed=5)
+    path = save_checkpoint(tmp_path / "b.pt", with_bias, source="x", preprocessing="imagenet")
+    plain = MobileNetV1(fc_bias=False)
+    load_checkpoint(path, plain)
+    assert torch.equal(plain.mid_fc7.weight, with_bias.mid_fc7.weight) and plain.mid_fc7.bias is None
+    path2 = save_checkpoint(tmp_path / "n.pt", plain, source="x", preprocessing="imagenet")
+    biased = MobileNetV1(fc_bias=True)
+    bias = biased.mid_fc7.bias.detach().clone()
+    load_checkpoint(path2, biased)
+    assert torch.equal(biased.mid_fc7.bias, bias) and torch.equal(biased.conv1.conv.weight, plain.conv1.conv.weight)
+
+
+def test_convert_refuses_to_overwrite_and_bad_values(tmp_path):
+    from click.testing import CliRunner
+
+    from latent_replay.cli import main
+
+    src = tmp_path / "src.pth"
+    src.write_bytes(b"source")
+    (tmp_path / "old.pt").write_bytes(b"old")
+    cases = [(["--out", src], "Invalid value for '--out': " + f"{src} is the source file itself"),
+             (["--out", tmp_path / "old.pt"], f"{tmp_path / 'old.pt'} already exists (use --force to replace it)"),
+             (["--out", tmp_path / "n.pt", "--num-classes", "0"], "'--num-classes': 0 is not in the range x>=1"),
+             (["--out", tmp_path / "n.pt", "--stats-weight", "nan"], "'--stats-weight': nan is not a number > 0")]
+    for extra, message in cases:
+        r = CliRunner().invoke(main, ["weights", "convert", str(src), "--format", "pytorchcv", *map(str, extra)])
+        assert r.exit_code == 2 and message in r.output and r.output.count("\n") == 1, r.output
+    assert src.read_bytes() == b"source" and (tmp_path / "old.pt").read_bytes() == b"old"
+    assert not (tmp_path / "n.pt").exists()
+
+
 def test_checkpoint_errors(tmp_path, pcv):
     m = MobileNetV1()
     with pytest.raises(ValueError, match="preprocessing"):

@@ -37,14 +37,23 @@ def weights():
 @click.option("--format", "fmt", type=click.Choice(["pytorchcv", "caffe"]), required=True,
               help="pytorchcv mobilenet_w1 state dict, or a Caffe .caffemodel")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="checkpoint to write")
-@click.option("--num-classes", type=int, default=50, show_default=True)
-@click.option("--stats-weight", type=float, default=100.0, show_default=True,
+@click.option("--num-classes", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--stats-weight", type=click.FloatRange(min=0, min_open=True, max=1e30), default=100.0,
+              show_default=True,
               help="BRN normaliser S given to the ImageNet statistics (pytorchcv, and the <name>/bn layers of a "
                    ".caffemodel)")
 @click.option("--no-bn-stats", is_flag=True, help="caffe: do not load <name>/bn statistics into BRN (Caffe B14)")
-def convert(src: Path, fmt: str, out: Path, num_classes: int, stats_weight: float, no_bn_stats: bool):
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def convert(src: Path, fmt: str, out: Path, num_classes: int, stats_weight: float, no_bn_stats: bool, force: bool):
     """Import SRC into MobileNetV1 and save it as a checkpoint."""
     from .weights import import_pytorchcv, save_checkpoint
+
+    if stats_weight != stats_weight:   # NaN passes click's range check
+        raise click.BadParameter("nan is not a number > 0", param_hint="'--stats-weight'")
+    if out.exists() and out.resolve() == src.resolve():
+        raise click.BadParameter(f"{out} is the source file itself", param_hint="'--out'")
+    if out.exists() and not force:
+        raise click.BadParameter(f"{out} already exists (use --force to replace it)", param_hint="'--out'")
 
     model = MobileNetV1(num_classes=num_classes)
     try:

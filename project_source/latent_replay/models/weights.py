@@ -316,8 +316,17 @@ def load_checkpoint(path, model: MobileNetV1 | None = None) -> tuple[MobileNetV1
     if model is None:
         model = MobileNetV1(num_classes=meta["num_classes"], brn_config=BRNConfig.from_dict(meta["brn_config"]),
                             step_on=meta.get("step_on", "backward"), fc_bias=meta.get("fc_bias", True))
+    state = dict(payload["state_dict"])
+    # the classifier bias exists only under fidelity.classifier_bias (B8), and CWR* resets it at every
+    # batch anyway: a checkpoint with or without one fits either model (a missing bias keeps its init)
+    bias_key = "mid_fc7.bias"
+    if model.mid_fc7.bias is None and bias_key in state:
+        del state[bias_key]
+        log.info("%s: its classifier bias is not used (the model has none, fidelity.classifier_bias off)", path)
+    elif model.mid_fc7.bias is not None and bias_key not in state:
+        state[bias_key] = model.mid_fc7.bias.detach().clone()
     try:
-        model.load_state_dict(payload["state_dict"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         detail = " ".join(str(e).split())
         raise ValueError(f"{path}: checkpoint does not fit this model ({detail[:300]})") from None
