@@ -117,3 +117,16 @@ def test_usage_errors_are_one_line():
         assert (r.exit_code, r.stderr) == (2, message + "\n"), args
     r = CliRunner().invoke(main, ["sweep"])
     assert r.exit_code == 2 and "Usage: main sweep" in r.output and "Error" not in r.output
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line(tmp_path):
+    """A file where a folder should be (or a folder without write permission) is named in one line."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run("synth", blocker / "core", "--sessions", 1)
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and str(blocker) in r.output, r.output
+    r = run("glr-bench", "--out", blocker / "gb", "--experiences", 2, "--epochs", 1, "--seeds", 1,
+            "--max-train", 50, "--no-progress")
+    assert r.exit_code == 1 and r.output.count("\n") == 1 and str(blocker) in r.output, r.output
+    r = run("filelists", "make", tmp_path, "--seed", -1)
+    assert r.exit_code == 2 and "'--seed': -1 is not in the range x>=0" in r.output

@@ -225,6 +225,16 @@ def test_written_metrics_match_hand_computed_values(tmp_path):
     assert np.allclose(seen_accuracy(A0), [0.9, 0.7, (0.5 + 0.4 + 0.7) / 3])
 
 
+def test_writing_into_a_used_folder_leaves_no_stale_run(tmp_path):
+    spec, naive = RunSpec("latent", 1, 10), RunSpec("naive", 1, 10)
+    write_results(tmp_path / "r", [RunResult(spec, A0, seed=0), RunResult(naive, A0, seed=0)], plot=True)
+    assert (tmp_path / "r" / "average_accuracy.png").is_file()
+    write_results(tmp_path / "r", [RunResult(naive, A1, seed=0)])
+    assert sorted(p.name for p in (tmp_path / "r" / "runs").iterdir()) == ["naive_seed0.json"]
+    assert not (tmp_path / "r" / "average_accuracy.png").exists()
+    assert list(pd.read_csv(tmp_path / "r" / "summary.csv")["run"]) == ["naive"]
+
+
 def test_batch_split_matches_the_reference():
     # glr-spec §14: (b_c, b_r) for M = 600/6000/15000/30000, N = 60,000, B = 64
     assert [batch_split(60000, m, 64) for m in (600, 6000, 15000, 30000)] == [(63, 1), (58, 6), (51, 13), (42, 22)]

@@ -19,7 +19,9 @@ from .utils import parse_int_list, setup_logging
 log = logging.getLogger("latent_replay")
 
 #: Exceptions that describe bad input; shown as one line without a traceback.
-USER_ERRORS = (ConfigError, DatasetError, FilelistError, FileExistsError, FileNotFoundError, ValueError)
+#: OSError: a folder that cannot be written (permissions, a file in the way, a full disk) is named by the
+#: error itself ("[Errno 13] Permission denied: 'out/x'").
+USER_ERRORS = (ConfigError, DatasetError, FilelistError, OSError, ValueError)
 
 
 #: Subcommands defined in other modules: name -> (module, attribute). They are imported when used (or
@@ -103,7 +105,7 @@ def main(log_level):
 @click.option("--objects-per-category", default=2, show_default=True, help="Objects per category (5 = all).")
 @click.option("--frames", default=16, show_default=True, help="Frames per (session, object) video.")
 @click.option("--size", default=128, show_default=True, help="Image side in pixels.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--full", is_flag=True, help="Full CORe50 size: 11 sessions x 50 objects x 300 frames.")
 @click.option("--workers", type=int, default=None, help="Parallel writers (default: up to 4).")
 def synth(out_dir, sessions, categories, objects_per_category, frames, size, seed, full, workers):
@@ -130,7 +132,7 @@ def filelists():
               show_default=True, help="Folder to write NICv2_<S>/run<R>/ and the test lists into.")
 @scenario_option
 @click.option("--runs", default="0-9", show_default=True, callback=_runs, help="Runs, e.g. 0-4 or 0,2.")
-@click.option("--seed", default=0, show_default=True, help="Seed combined with the run number.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed combined with the run number.")
 @click.option("--force", is_flag=True, help="Replace existing scenario folders and test lists.")
 def filelists_make(root, out, scenarios, runs, seed, force):
     """Build NICv2-79/196/391 filelists from the frames present under dataset ROOT."""
@@ -252,7 +254,7 @@ def train(config_path, runs, device, out, force, no_progress):
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo_output"),
               show_default=True, help="Folder for the synthetic dataset, filelists, cache, results and figures.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 def demo(out, seed):
     """The embedded default: synthetic CORe50 -> AR1*-free + latent replay vs naive -> table and figures."""
     from .demo import run_demo

@@ -67,7 +67,7 @@ from .figures import save_figure
 from .metrics import accuracy_matrix_frame, summary
 from .replay import ReplayMemory, choose_update
 from .replay.generative import MODES, NONNEG, GenerativeReplay
-from .results import write_csv, write_json
+from .results import check_writable, write_csv, write_json
 from .utils import seeded_rng
 
 log = logging.getLogger(__name__)
@@ -438,13 +438,20 @@ def write_results(folder: str | Path, results: list[RunResult], config: dict | N
     mean = aggregate(frame)
     if config is not None:
         write_json(folder / "config.json", config)
+    written = set()
     for r in results:
+        written.add(f"{r.spec.name}_seed{r.seed}.json")
         write_json(folder / "runs" / f"{r.spec.name}_seed{r.seed}.json", r.record())
+    for stale in (folder / "runs").glob("*.json"):   # an earlier call's runs in the same folder
+        if stale.name not in written:
+            stale.unlink()
     write_csv(folder / "accuracy_matrix.csv", matrices_frame(results))
     write_csv(folder / "summary.csv", frame)
     write_csv(folder / "summary_mean.csv", mean)
     if plot:
         plot_average_accuracy(results, folder / "average_accuracy.png", title)
+    else:
+        (folder / "average_accuracy.png").unlink(missing_ok=True)   # an earlier call's plot
     return mean
 
 
@@ -717,7 +724,7 @@ def _method_list(text: str) -> tuple:
               help="joint: one GMM per experience, a component per class (reference); classcond: one per class.")
 @click.option("--glr-nonneg", type=click.Choice(list(NONNEG)), default=BenchSettings.glr_nonneg, show_default=True,
               help="What GLR does about negative samples of ReLU latents.")
-@click.option("--seed", default=0, show_default=True, help="First seed (also seeds the digits train/test split).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="First seed (also seeds the digits train/test split).")
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Repeat every run with seeds SEED..SEED+SEEDS-1.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -742,6 +749,7 @@ def glr_bench_command(data, mnist_dir, no_verify, max_train, stream, sweep, meth
     for sw in sweeps:
         plan_runs(all_settings[0], 100, sw, methods)
     dev = resolve_device(device)
+    check_writable(out)   # before the training, not when its results are written
     dataset = load_data(data, mnist_dir=mnist_dir, verify=not no_verify, seed=seed, max_train=max_train)
     t0 = time.perf_counter()
     for settings in all_settings:

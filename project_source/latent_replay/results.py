@@ -56,6 +56,16 @@ def run_dirs(experiment_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def check_writable(folder: str | os.PathLike) -> None:
+    """Make ``folder`` and write (and remove) a file in it: an ``OSError`` naming it when it cannot be
+    written, before any long work whose results would go there."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".write-check-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     buf = io.StringIO()
     frame.to_csv(buf, index=False, float_format=FLOAT_FORMAT)
