@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from .data.filelists import atomic_write_text
+from .utils import has_control_characters
 
 SCHEMA_VERSION = 1
 METHODS = ("naive", "joint", "cwr", "ar1", "ar1free")
@@ -322,6 +323,11 @@ class ExperimentConfig:
             raise ConfigError(f"glr.pca_components: must be >= 1 or null, got {self.glr.pca_components}")
         if self.replay_memory <= 0:
             raise ConfigError(f"replay_memory: must be > 0, got {self.replay_memory}")
+        if self.seed < 0:
+            raise ConfigError(f"seed: must be >= 0, got {self.seed}")
+        if self.name is not None and (self.name in ("", ".", "..") or "/" in self.name or "\\" in self.name
+                                      or has_control_characters(self.name)):
+            raise ConfigError(f"name: {self.name!r} is not a plain folder name (one line, no / or \\)")
         if not self.runs or any(type(r) is not int or r < 0 for r in self.runs):
             raise ConfigError(f"runs: must be a non-empty list of run numbers >= 0, got {self.runs}")
         if len(set(self.runs)) != len(self.runs):

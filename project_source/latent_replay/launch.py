@@ -39,7 +39,7 @@ from . import __version__
 from .config import (LATENT_LAYERS, METHOD_ALIASES, METHOD_TITLES, PROFILES, REPLAY_ALIASES, ConfigError,
                      ExperimentConfig, set_key)
 from .data.classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
-from .utils import format_int_list, has_control_characters, parse_int_list
+from .utils import format_int_list, parse_int_list
 
 PROG = "prepare_experiment.py"
 #: Same as ``results.CONFIG_FILE`` (not imported: that module pulls in pandas).
@@ -425,9 +425,6 @@ def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Pla
             raise UsageError("--set", str(exc).removeprefix("configuration: ")) from None
     else:
         cfg = ExperimentConfig.from_dict(data, "configuration")
-    if cfg.name is not None and (cfg.name in ("", ".", "..") or "/" in cfg.name or "\\" in cfg.name
-                                 or has_control_characters(cfg.name)):
-        raise UsageError("--set", f"name: {cfg.name!r} is not a plain folder name (one line, no / or \\)")
     if ns.replay_memory is None and cfg.memory_in_use:   # original item 14, now only when a memory is used
         info.append(f"replay memory not given: {DEFAULT_MEMORY} patterns")
 
