@@ -97,19 +97,21 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def decode_into(out: np.ndarray, images_dir: Path, paths: Sequence[str], *, workers: int | None = None,
-                progress: bool = True, desc: str = "decoding frames") -> None:
+                progress: bool = True, desc: str = "decoding frames", size_from: str | None = None) -> None:
     """Decode ``paths`` (relative to ``images_dir``) into the preallocated uint8 array ``out`` (N,H,W,3).
+    ``size_from``: the frame the expected size was taken from (named when another frame differs).
 
     Pillow releases the GIL while inflating PNG data, so threads decode in parallel.
     """
     workers = workers or min(8, os.cpu_count() or 1)
     expected = out.shape[1:]
+    like = f" (the size of {size_from})" if size_from else ""
 
     def work(i: int) -> None:
         img = _decode(images_dir / paths[i])
         if img.shape != expected:
             raise DatasetError(f"{images_dir / paths[i]}: image is {img.shape[1]}x{img.shape[0]}, "
-                               f"expected {expected[1]}x{expected[0]}")
+                               f"expected {expected[1]}x{expected[0]}{like}")
         out[i] = img
 
     with ThreadPoolExecutor(max_workers=workers) as pool, \
@@ -129,7 +131,7 @@ def load_images(images_dir: str | os.PathLike, paths: Sequence[str], *, workers:
         raise ValueError("no frames to load")
     first = _decode(images_dir / paths[0])
     out = np.empty((len(paths), *first.shape), dtype=np.uint8)
-    decode_into(out, images_dir, paths, workers=workers, progress=progress)
+    decode_into(out, images_dir, paths, workers=workers, progress=progress, size_from=str(images_dir / paths[0]))
     return out
 
 
@@ -284,7 +286,8 @@ def load_frames(images_dir: str | os.PathLike, paths: Iterable[str], *, cache_di
     os.close(fd)
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(unique), *first.shape))
-        decode_into(out, images_dir, unique, workers=workers, progress=progress)
+        decode_into(out, images_dir, unique, workers=workers, progress=progress,
+                    size_from=str(images_dir / unique[0]))
         out.flush()
         del out
         os.replace(tmp, npy)
