@@ -92,6 +92,30 @@ def test_write_and_load_round_trip(tiny_root, tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_replacing_lists_that_cannot_all_be_moved_keeps_every_old_one(tiny_root, tmp_path, monkeypatch):
+    """--force with one old scenario that cannot be moved aside: nothing is replaced, not even the others."""
+    import os
+
+    from latent_replay.data import nicv2
+
+    inv = inventory_from_root(tiny_root / "core50_128x128")
+    out = tmp_path / "lists"
+    write_nicv2(out, inv, scenarios=(79, 196), runs=(0,), seed=1)
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.txt")}
+    real = os.replace
+
+    def failing(src, dst):
+        if str(src) == str(out / "NICv2_196"):
+            raise PermissionError(13, "Permission denied", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(nicv2.os, "replace", failing)
+    with pytest.raises(PermissionError):
+        write_nicv2(out, inv, scenarios=(79, 196), runs=(0,), seed=7, overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*.txt")} == old
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
 def test_summary(tiny_root, tmp_path):
     inv = inventory_from_root(tiny_root / "core50_128x128")
     write_nicv2(tmp_path, inv, scenarios=(391,), runs=(0,))

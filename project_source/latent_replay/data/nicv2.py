@@ -144,15 +144,26 @@ def write_nicv2(out_root: str | os.PathLike, inventory: Inventory, scenarios: Se
         write_filelist(tmp / TEST_FULL, test.paths, test.labels)
         reduced = test.every(REDUCED_STEP)
         write_filelist(tmp / TEST_REDUCED, reduced.paths, reduced.labels)
+        # move every old target aside first (renames), putting back those moved if one fails, so a
+        # failure leaves all old lists in place; only then move the new ones in
+        old = tmp / ".old"
+        old.mkdir()
+        moved = []
+        try:
+            for name in targets:
+                if (out_root / name).exists() or (out_root / name).is_symlink():
+                    os.replace(out_root / name, old / name)
+                    moved.append(name)
+        except OSError:
+            for name in moved:
+                os.replace(old / name, out_root / name)
+            raise
         for name in targets:
-            dest = out_root / name
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            elif dest.exists():
-                dest.unlink()
-            os.replace(tmp / name, dest)
+            os.replace(tmp / name, out_root / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            log.warning("could not remove the temporary folder %s (it holds the replaced lists)", tmp)
     log.info("wrote NICv2-%s runs %s under %s", "/".join(map(str, scenarios)), list(runs), out_root)
     return out_root
 
