@@ -189,6 +189,8 @@ def test_bad_inputs_fail_before_training(tiny, tmp_path):
         Trainer(_cfg(tiny, tmp_path, weights=str(tmp_path / "nope.pt")), progress=False)
     with pytest.raises(Exception, match="no folder for NICv2-79 run 0"):
         Trainer(_cfg(tiny, tmp_path, scenario=79), progress=False)
+    with pytest.raises(Exception, match=r"^dataset_root: /datasets: dataset root does not exist$"):
+        Trainer(ExperimentConfig(runs=[0], out=str(tmp_path / "results")), progress=False)   # a config of {}
     assert not (tmp_path / "results").exists()
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .config import EXECUTION_KEYS, INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, ConfigError, ExperimentConfig
-from .data.core50 import FrameStore, load_frames, open_root, preprocess
+from .data.core50 import DatasetError, FrameStore, load_frames, open_root, preprocess
 from .data.nicv2 import Scenario, load_scenario
 from .methods import DECAY_MULTS, make_method
 from .models import BRNConfig, MobileNetV1, param_names_by_kind, recompute_bn_relu, split
@@ -704,7 +704,10 @@ class Trainer:
         self.cfg = cfg
         self.progress = progress
         self.device = resolve_device(cfg.device)
-        self.root = open_root(cfg.dataset_root)
+        try:
+            self.root = open_root(cfg.dataset_root)
+        except DatasetError as exc:   # name the config key: the default (/datasets) may not be what was meant
+            raise DatasetError(f"dataset_root: {exc}") from None
         if cfg.weights is not None and not Path(cfg.weights).is_file():
             raise ConfigError(f"weights: {cfg.weights}: no such file")
         self.scenarios = {r: load_scenario(cfg.filelists, cfg.scenario, r, reduced_test=cfg.test_list == "reduced",
