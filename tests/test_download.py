@@ -448,6 +448,13 @@ def test_cli_download_verify_and_errors(server, tmp_path, monkeypatch):
     assert len(res.output.strip().splitlines()) == 1
     res = runner.invoke(download_cmd, ["--root", root])
     assert res.exit_code == 2 and "say what to download" in res.output
+    # malformed arguments are refused before anything is fetched (a bad --md5 renamed a good file .corrupt)
+    for args, message in ((["--md5", "xyz"], "'--md5': 'xyz' is not 32 hexadecimal digits"),
+                          (["--sha1", "nothex"], "'--sha1': 'nothex' is not 40 hexadecimal digits"),
+                          (["--timeout", "-1"], "'--timeout': -1.0 is not in the range x>0"),
+                          (["--retries", "0"], "'--retries': 0 is not in the range x>=1")):
+        res = runner.invoke(download_cmd, ["filelists", "--root", str(tmp_path / "third"), *args])
+        assert res.exit_code == 2 and message in res.output and not (tmp_path / "third").exists(), res.output
 
 
 def test_weights_placed_by_hand_are_verified_then_converted(server, tmp_path):

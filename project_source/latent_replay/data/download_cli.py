@@ -5,11 +5,20 @@ user guide is ``docs/data.md``.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
 
 from .download import ITEMS, DownloadError, download as run_download, verify as run_verify
+
+
+def _hex(length: int):
+    def check(ctx, param, value):
+        if value is not None and not re.fullmatch(f"[0-9a-fA-F]{{{length}}}", value):
+            raise click.BadParameter(f"{value!r} is not {length} hexadecimal digits")
+        return None if value is None else value.lower()
+    return check
 
 
 @click.command("download")
@@ -18,15 +27,18 @@ from .download import ITEMS, DownloadError, download as run_download, verify as 
               help="Download root: gets core50_labels.txt, core50_128x128/, batch_filelists/, weights/, downloads/.")
 @click.option("--url", "urls", multiple=True, metavar="URL",
               help="Try this URL instead of the built-in list (repeatable: tried in order); single items only.")
-@click.option("--md5", default=None, metavar="HEX", help="Expected md5 instead of the built-in one (with --url).")
-@click.option("--sha1", default=None, metavar="HEX",
+@click.option("--md5", default=None, metavar="HEX", callback=_hex(32),
+              help="Expected md5 instead of the built-in one (with --url).")
+@click.option("--sha1", default=None, metavar="HEX", callback=_hex(40),
               help="Expected sha1 instead of the built-in one (for weights: of the .pth inside the zip).")
 @click.option("--verify", "verify_only", is_flag=True,
               help="Download nothing: check what is present under --root (ITEM defaults to all); exit 1 if bad.")
 @click.option("--force", is_flag=True, help="Download and replace results that are already present.")
 @click.option("--keep-archives", is_flag=True, help="Keep the zip files in ROOT/downloads after unpacking.")
-@click.option("--retries", default=3, show_default=True, help="Attempts per URL; each resumes the partial file.")
-@click.option("--timeout", default=30.0, show_default=True, help="Socket timeout in seconds.")
+@click.option("--retries", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Attempts per URL; each resumes the partial file.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Socket timeout in seconds.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def download(item, root, urls, md5, sha1, verify_only, force, keep_archives, retries, timeout, no_progress):
     """Download ITEM (core50, filelists, weights, caffe or all) into --root, or check it with --verify.
