@@ -333,6 +333,12 @@ def test_task_indices_are_stable_when_the_grid_changes(tmp_path):
         S.read_tasks(d)
     with pytest.raises(S.SweepError, match="not a sweep folder"):
         S.read_tasks(tmp_path)
+    for text, message in (("task\texperiment\trun\n", r"tasks.tsv: no tasks"),
+                          ("task\texperiment\trun\n0\ta\t0\n0\tb\t1\n", r"tasks.tsv:3: task 0 already on line 2"),
+                          ("task\texperiment\trun\n0\ta\t0\n1\ta\t0\n", r"tasks.tsv:3: experiment and run already on line 2")):
+        (d / "tasks.tsv").write_text(text)
+        with pytest.raises(S.SweepError, match=message):
+            S.read_tasks(d)
 
 
 # ----------------------------------------------------------------------------------- the script

@@ -576,14 +576,22 @@ def read_tasks(sweep_dir: Path) -> list[Task]:
     if not path.is_file():
         raise SweepError(f"{sweep_dir}: not a sweep folder (no {TASKS_FILE}; `latent-replay sweep SWEEP_FILE` "
                          "writes it)")
-    tasks = []
+    tasks, lines = [], {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if n == 1 or not line.strip():
             continue
         parts = line.split("\t")
         if len(parts) != 3 or not parts[0].isdigit() or not parts[2].isdigit():
             raise SweepError(f"{path}:{n}: expected 'task<TAB>experiment<TAB>run', got {line!r}")
-        tasks.append(Task(int(parts[0]), parts[1], int(parts[2])))
+        task = Task(int(parts[0]), parts[1], int(parts[2]))
+        for key in (task.index, (task.experiment, task.run)):
+            if key in lines:
+                raise SweepError(f"{path}:{n}: {'task ' + str(key) if key == task.index else 'experiment and run'} "
+                                 f"already on line {lines[key]}")
+            lines[key] = n
+        tasks.append(task)
+    if not tasks:
+        raise SweepError(f"{path}: no tasks (the file was emptied; writing the sweep again makes it)")
     return tasks
 
 
