@@ -23,6 +23,20 @@ def test_filelists_make_check_summary(tiny_root, tmp_path):
     r = run("filelists", "check", out, "--root", tiny_root, "--scenario", "391", "--runs", "0,1")
     assert r.exit_code == 0, r.output
     assert r.stdout.splitlines()[1].startswith("ok NICv2-391 run 1: 30 batches, 96 train frames, 2 test frames")
+    # a frame in two train batches, or in a train batch and the test list, is refused (the official lists
+    # have neither)
+    b0, b3 = (out / "NICv2_391" / "run0" / f"train_batch_{i:02d}_filelist.txt" for i in (0, 3))
+    first, original = b0.read_text().splitlines()[0], b3.read_text()
+    b3.write_text(original + first + "\n")
+    r = run("filelists", "check", out, "--scenario", "391", "--runs", "0")
+    assert r.exit_code == 1 and r.stderr == (f"Error: {out}: NICv2-391 run 0: {first.split()[0]} is in train batch 0 "
+                                             "and in train batch 3\n")
+    b3.write_text(original)
+    test = (out / "test_filelist_20.txt").read_text().splitlines()[0]
+    b3.write_text(original + test + "\n")
+    r = run("filelists", "check", out, "--scenario", "391", "--runs", "0")
+    assert r.exit_code == 1 and r.stderr.endswith(f"{test.split()[0]} is in train batch 3 and in the test list\n")
+    b3.write_text(original)
     r = run("filelists", "summary", out, "--scenario", "391", "--run", "0")
     assert r.exit_code == 0
     assert "NICv2-391 run 0: 30 batches, 96 train frames, 2 test frames, 4 classes" in r.output

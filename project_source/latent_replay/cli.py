@@ -161,6 +161,10 @@ def filelists_check(filelists_dir, root, scenarios, runs, full_test):
     for s in [int(s) for s in scenarios] or list(SCENARIOS):
         for r in runs:
             sc = load_scenario(filelists_dir, s, r, reduced_test=not full_test, images_dir=images_dir)
+            overlaps = sc.overlaps()
+            if overlaps:
+                more = f" (and {len(overlaps) - 1} more)" if len(overlaps) > 1 else ""
+                raise FilelistError(f"{filelists_dir}: {sc.name} run {r}: {overlaps[0]}{more}")
             click.echo(f"ok {sc.name} run {r}: {len(sc)} batches, {sc.train_frames} train frames, "
                        f"{len(sc.test)} test frames ({sc.source})")
 

@@ -197,6 +197,20 @@ class Scenario:
     def train_frames(self) -> int:
         return sum(len(b) for b in self.batches)
 
+    def overlaps(self) -> list[str]:
+        """Frames listed twice in the run's train batches, or both for training and for testing (the
+        official lists have neither); one message per frame, first ones first."""
+        where: dict[str, int] = {}
+        found = []
+        for i, b in enumerate(self.batches):
+            for p in b.paths:
+                if p in where:
+                    found.append(f"{p} is in train batch {where[p]} and in train batch {i}")
+                else:
+                    where[p] = i
+        found += [f"{p} is in train batch {where[p]} and in the test list" for p in self.test.paths if p in where]
+        return found
+
     def summary(self) -> list[BatchSummary]:
         """Frames, classes and newly introduced classes per batch."""
         seen: set[int] = set()
