@@ -371,3 +371,17 @@ def test_weights_cli(tmp_path, pcv):
     assert res.exit_code == 0 and "conv1/brn" in res.output
     res = runner.invoke(weights, ["info", str(tmp_path / "missing.pt")])
     assert res.exit_code != 0 and "missing.pt" in res.output
+    # a state dict lacking most of the network, or holding NaN, is refused (one line); --allow-missing writes it
+    partial = tmp_path / "partial.pth"
+    torch.save(dict(list(pcv.state_dict().items())[:5]), partial)
+    res = runner.invoke(weights, ["convert", str(partial), "--format", "pytorchcv", "--out", str(tmp_path / "p.pt")])
+    assert res.exit_code == 1 and "tensors of the network are not in it" in res.output
+    assert res.output.count("\n") == 1 and not (tmp_path / "p.pt").exists()
+    res = runner.invoke(weights, ["convert", str(partial), "--format", "pytorchcv", "--out", str(tmp_path / "p.pt"),
+                                  "--allow-missing"])
+    assert res.exit_code == 0 and (tmp_path / "p.pt").is_file()
+    nan = tmp_path / "nan.pth"
+    torch.save({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                for k, v in pcv.state_dict().items()}, nan)
+    res = runner.invoke(weights, ["convert", str(nan), "--format", "pytorchcv", "--out", str(tmp_path / "n.pt")])
+    assert res.exit_code == 1 and "hold NaN or infinite values" in res.output and not (tmp_path / "n.pt").exists()

@@ -44,7 +44,10 @@ def weights():
                    ".caffemodel)")
 @click.option("--no-bn-stats", is_flag=True, help="caffe: do not load <name>/bn statistics into BRN (Caffe B14)")
 @click.option("--force", is_flag=True, help="Replace an existing --out file.")
-def convert(src: Path, fmt: str, out: Path, num_classes: int, stats_weight: float, no_bn_stats: bool, force: bool):
+@click.option("--allow-missing", is_flag=True,
+              help="Write the checkpoint even when the source lacks tensors of the network below the classifier.")
+def convert(src: Path, fmt: str, out: Path, num_classes: int, stats_weight: float, no_bn_stats: bool, force: bool,
+            allow_missing: bool):
     """Import SRC into MobileNetV1 and save it as a checkpoint."""
     from .weights import import_pytorchcv, save_checkpoint
 
@@ -67,6 +70,13 @@ def convert(src: Path, fmt: str, out: Path, num_classes: int, stats_weight: floa
             preprocessing = "caffe"
     except ValueError as e:
         raise click.ClickException(str(e)) from None
+    backbone_missing = [k for k in report.missing if not k.startswith("mid_fc7.")]
+    if backbone_missing and not allow_missing:
+        raise click.ClickException(f"{src}: {len(backbone_missing)} tensors of the network are not in it (first: "
+                                   f"{backbone_missing[0]}); is it a MobileNetV1? --allow-missing writes it anyway")
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise click.ClickException(f"{src}: {len(bad)} tensors hold NaN or infinite values (first: {bad[0]})")
     save_checkpoint(out, model, source=f"{fmt}:{src.name}", preprocessing=preprocessing,
                     extra={"source_sha1": _sha1(src), "import": report.to_dict()})
     # the import report itself is logged (a warning when something was skipped or is missing)
