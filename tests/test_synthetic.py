@@ -156,6 +156,23 @@ def test_interrupted_run_leaves_nothing_that_looks_complete(tmp_path, monkeypatc
     assert write_synthetic_core50(tmp_path / "d", **TINY).n_images == 24
 
 
+def test_a_killed_writers_staging_folder_is_removed_and_a_live_ones_kept(tmp_path):
+    """SIGKILL leaves no chance to clean up: the next call removes staging folders of dead processes."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f".d.partial-{dead}-0000aaaa" / "s1").mkdir(parents=True)
+    alive = tmp_path / f".d.partial-{os.getpid()}-0000bbbb"
+    alive.mkdir()
+    other = tmp_path / ".e.partial-1-0000cccc"     # another dataset's folder
+    other.mkdir()
+    write_synthetic_core50(tmp_path / "d", **TINY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["d", alive.name, other.name])
+
+
 # ------------------------------------------------------------------------------ content
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

@@ -300,6 +300,22 @@ def _same(found: SyntheticInfo | None, wanted: SyntheticInfo) -> bool:
     return found is not None and found.to_json() == wanted.to_json()
 
 
+def _remove_dead_staging(out_dir: Path) -> None:
+    """Remove the staging folders (``.<name>.partial-<pid>-<id>``) that a killed writer of ``out_dir`` left:
+    those whose process no longer exists. A running writer's folder is left alone."""
+    for d in out_dir.parent.glob(f".{out_dir.name}.partial-*-*"):
+        pid = d.name.rsplit(".partial-", 1)[1].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            logger.info("removing %s, left by an interrupted writer (process %s)", d, pid)
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:   # exists, owned by someone else
+            pass
+
+
 def write_synthetic_core50(out_dir, *, sessions: int = 11, categories: int = 10,
                            objects_per_category: int = 5, frames: int = 300, size: int = 128,
                            seed: int = 0, workers: int | None = None,
@@ -338,7 +354,8 @@ def write_synthetic_core50(out_dir, *, sessions: int = 11, categories: int = 10,
                               "parameters; choose a new or empty folder")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
+    _remove_dead_staging(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     logger.info("Writing %d synthetic CORe50 images to %s (%d workers)", info.n_images, out_dir, workers)
     try:
