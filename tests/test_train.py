@@ -535,9 +535,14 @@ def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_pat
     other = cfg.replace(lr=0.5, name=cfg.experiment_name, runs=[0])
     before = (exp / "exp_configuration.json").read_bytes()
     with pytest.raises(ConfigError, match=r"exp_configuration.json: the experiment's results \(run0\) were "
-                                          r"trained with another configuration \(changed: lr, name\)"):
+                                          r"trained with another configuration \(changed: lr\)"):
         Trainer(other, progress=False).run_all()
     assert (exp / "exp_configuration.json").read_bytes() == before
+    # the same training written differently is not refused: another spelling of the dataset root, the
+    # generated name written out, preprocessing "auto" for what it resolves to (caffe, random weights)
+    same = cfg.replace(runs=[0], name=cfg.experiment_name, preprocessing="caffe",
+                       dataset_root=str(Path(cfg.dataset_root).parent / "." / Path(cfg.dataset_root).name))
+    assert Trainer(same, progress=False).run_all() == []          # run 0 is finished: nothing to train
     Trainer(other, progress=False).run_all(force=True)
     assert ExperimentConfig.load(exp / "exp_configuration.json").lr == 0.5
 

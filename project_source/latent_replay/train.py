@@ -597,7 +597,11 @@ class RunTrainer:
     def load_checkpoint(self, path: Path) -> None:
         try:
             state = torch.load(path, map_location=self.device, weights_only=False)
+        except torch.OutOfMemoryError:
+            raise                # a good checkpoint on a full device: not the file's fault
         except Exception as e:   # torch raises many kinds (pickle, zip reader, OSError, EOF)
+            if "CUDA" in str(e):
+                raise
             detail = " ".join(str(e).split())[:200] or type(e).__name__
             raise ConfigError(f"{path}: cannot read the run checkpoint ({detail}); delete it, or use --force, "
                               "to train the run again") from None
@@ -686,6 +690,9 @@ def _summary_batches(path: Path) -> int:
 
 #: What ``latent-replay train`` can override on its command line (for that call only).
 CLI_OVERRIDES = ("runs", "device", "out")
+#: Keys that say where things are, not what is trained: another spelling of the same place (a relative
+#: path, a container path, the generated name written out) must not refuse an experiment's results.
+LOCATION_KEYS = ("dataset_root", "filelists", "weights", "name")
 
 
 def _without(config: dict, keys) -> dict:
@@ -760,7 +767,11 @@ class Trainer:
         end up labelled with this config. Refused while a run folder holds results, unless ``force``
         (which trains this call's runs again; other runs' results are then left, with a warning)."""
         old, new = _identity(saved.to_dict()), _identity(self.cfg.to_dict())
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        changed = sorted(k for k in old.keys() | new.keys()
+                         if old.get(k) != new.get(k) and k not in LOCATION_KEYS
+                         and not (k == "preprocessing" and "auto" in (old.get(k), new.get(k))))
+        if not changed:   # the same training, written differently (another path spelling, name, auto)
+            return
         with_results = [d.name for _, d in run_dirs(self.experiment_dir)
                         if any((d / f).exists() for f in (CHECKPOINT, "metrics.csv", "summary.json"))]
         if not with_results:
