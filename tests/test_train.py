@@ -547,6 +547,27 @@ def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_pat
     assert ExperimentConfig.load(exp / "exp_configuration.json").lr == 0.5
 
 
+def test_a_checkpoint_resumes_only_under_the_switches_it_was_written_with(tiny, tmp_path, caplog):
+    """The config keeps only a profile's overrides, so a default changed between versions would pass the
+    config comparison: the checkpoint records every switch in force, and another set is refused."""
+    cfg = _cfg(tiny, tmp_path, method="ar1", epochs_first_batch=1, max_batches=1)
+    Trainer(cfg, progress=False).run_all()
+    d = Path(cfg.out) / cfg.experiment_name / "run0"
+    (d / "summary.json").unlink()
+    state = torch.load(d / "checkpoint.pt", weights_only=False)
+    assert state["fidelity"] == cfg.describe_fidelity()
+    state["fidelity"]["importance_from"] = "gradients"          # as the default was before
+    torch.save(state, d / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"checkpoint.pt: checkpoint was written with other fidelity switches in "
+                                          r"force \(importance_from; a default may have changed\)"):
+        Trainer(cfg, progress=False).run_all()
+    del state["fidelity"]                                         # written before the switches were recorded
+    torch.save(state, d / "checkpoint.pt")
+    with caplog.at_level(logging.WARNING, logger="latent_replay.train"):
+        Trainer(cfg.replace(max_batches=2), progress=False).run_all()
+    assert "written before checkpoints recorded every fidelity switch" in caplog.text
+
+
 def test_unreadable_checkpoints_are_one_line_errors_and_nothing_is_overwritten(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path, epochs_first_batch=1, max_batches=1)
     Trainer(cfg, progress=False).run_all()

@@ -581,6 +581,7 @@ class RunTrainer:
     def state(self) -> dict:
         return {
             "format": "latent-replay-run-checkpoint", "version": __version__, "config": self.cfg.to_dict(),
+            "fidelity": self.cfg.describe_fidelity(),
             "run": self.run, "batches_done": self.batches_done, "global_iter": self.global_iter,
             "rows": self.rows, "seen": sorted(self.seen), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
@@ -610,6 +611,16 @@ class RunTrainer:
         if _identity(state["config"]) != _identity(self.cfg.to_dict()):
             raise ConfigError(f"{path}: checkpoint was written with a different configuration "
                               "(use --force to start the run again)")
+        # the config keeps only the overrides of its profile: compare every switch in force, so a default
+        # changed between versions cannot change a run halfway
+        now = self.cfg.describe_fidelity()
+        if "fidelity" not in state:
+            log.warning("%s: written before checkpoints recorded every fidelity switch; resuming with the "
+                        "switches in force now (AR1*'s importance_from default changed to 'updates')", path)
+        elif state["fidelity"] != now:
+            changed = sorted(k for k in now.keys() | state["fidelity"].keys() if now.get(k) != state["fidelity"].get(k))
+            raise ConfigError(f"{path}: checkpoint was written with other fidelity switches in force "
+                              f"({', '.join(changed)}; a default may have changed): use --force to start the run again")
         self.batches_done, self.global_iter = state["batches_done"], state["global_iter"]
         self.rows, self.seen = state["rows"], set(state["seen"])
         if self.batches_done >= 2 and not self.cumulative:   # batch 1 switched the BRN settings
