@@ -440,8 +440,9 @@ def write_results(folder: str | Path, results: list[RunResult], config: dict | N
         write_json(folder / "config.json", config)
     written = set()
     for r in results:
-        written.add(f"{r.spec.name}_seed{r.seed}.json")
-        write_json(folder / "runs" / f"{r.spec.name}_seed{r.seed}.json", r.record())
+        name = f"{r.spec.name}_seed{r.seed}.json"
+        written.add(name)
+        write_json(folder / "runs" / name, r.record())
     for stale in (folder / "runs").glob("*.json"):   # an earlier call's runs in the same folder
         if stale.name not in written:
             stale.unlink()

@@ -618,7 +618,7 @@ class RunTrainer:
             log.warning("%s: written before checkpoints recorded every fidelity switch; resuming with the "
                         "switches in force now (AR1*'s importance_from default changed to 'updates')", path)
         elif state["fidelity"] != now:
-            changed = sorted(k for k in now.keys() | state["fidelity"].keys() if now.get(k) != state["fidelity"].get(k))
+            changed = _changed_keys(state["fidelity"], now)
             raise ConfigError(f"{path}: checkpoint was written with other fidelity switches in force "
                               f"({', '.join(changed)}; a default may have changed): use --force to start the run again")
         self.batches_done, self.global_iter = state["batches_done"], state["global_iter"]
@@ -706,6 +706,11 @@ CLI_OVERRIDES = ("runs", "device", "out")
 LOCATION_KEYS = ("dataset_root", "filelists", "weights", "name")
 
 
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    """The keys whose values differ between two dicts (one missing counts as differing), sorted."""
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
 def _without(config: dict, keys) -> dict:
     return {k: v for k, v in config.items() if k not in keys}
 
@@ -762,25 +767,27 @@ class Trainer:
                 saved = ExperimentConfig.load(path)
             except ConfigError:
                 saved = None
-            if saved is not None and _identity(saved.to_dict()) != _identity(cfg.to_dict()):
-                self._refuse_other_results(path, saved, force)
-            if saved is not None and _identity(saved.to_dict()) == _identity(cfg.to_dict()):
-                runs = list(saved.runs) + [r for r in cfg.runs if r not in saved.runs]
-                if _without(saved.to_dict(), CLI_OVERRIDES) == _without(cfg.to_dict(), CLI_OVERRIDES):
-                    if runs != list(saved.runs):
-                        saved.replace(runs=runs).save(path)
-                    return
-                cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
+            if saved is not None:
+                old, new = saved.to_dict(), cfg.to_dict()
+                old_identity, new_identity = _identity(old), _identity(new)
+                if old_identity != new_identity:
+                    self._refuse_other_results(path, old_identity, new_identity, force)
+                else:
+                    runs = list(saved.runs) + [r for r in cfg.runs if r not in saved.runs]
+                    if _without(old, CLI_OVERRIDES) == _without(new, CLI_OVERRIDES):
+                        if runs != list(saved.runs):
+                            saved.replace(runs=runs).save(path)
+                        return
+                    cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
         cfg.save(path)
 
-    def _refuse_other_results(self, path: Path, saved: ExperimentConfig, force: bool) -> None:
-        """The folder's config differs from this one in a key that changes training: its results must not
-        end up labelled with this config. Refused while a run folder holds results, unless ``force``
-        (which trains this call's runs again; other runs' results are then left, with a warning)."""
-        old, new = _identity(saved.to_dict()), _identity(self.cfg.to_dict())
-        changed = sorted(k for k in old.keys() | new.keys()
-                         if old.get(k) != new.get(k) and k not in LOCATION_KEYS
-                         and not (k == "preprocessing" and "auto" in (old.get(k), new.get(k))))
+    def _refuse_other_results(self, path: Path, old: dict, new: dict, force: bool) -> None:
+        """The folder's config (``old``, its identity) differs from this one (``new``) in a key that changes
+        training: its results must not end up labelled with this config. Refused while a run folder holds
+        results, unless ``force`` (which trains this call's runs again; other runs' results are then left,
+        with a warning)."""
+        changed = [k for k in _changed_keys(old, new) if k not in LOCATION_KEYS
+                   and not (k == "preprocessing" and "auto" in (old.get(k), new.get(k)))]
         if not changed:   # the same training, written differently (another path spelling, name, auto)
             return
         with_results = [d.name for _, d in run_dirs(self.experiment_dir)
