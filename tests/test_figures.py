@@ -116,6 +116,22 @@ def test_unreadable_runs_are_left_out(tmp_path):
     assert F.summary_table([e])["runs"].tolist() == [1]
 
 
+def test_runs_trained_with_another_configuration_are_left_out(tmp_path):
+    """The experiment's config replaced after its runs finished (prepare --force, an edit): a run whose
+    summary.json records other training settings is not drawn under the new label; other spellings of
+    where things are and how they ran, and summaries without a config, still count."""
+    exp = write_experiment(tmp_path, "x", {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8})
+    config = ExperimentConfig.load(exp / CONFIG_FILE).to_dict()
+    for run, changes in ((0, {}), (1, {"lr": 0.5, "epochs": 1.0}), (2, {"dataset_root": "/data", "device": "cuda"})):
+        summary = json.loads((exp / f"run{run}" / "summary.json").read_text())
+        write_json(exp / f"run{run}" / "summary.json", {**summary, "config": {**config, **changes}})
+    notes = []
+    (e,) = F.load_experiments([tmp_path], notes)
+    assert [r.number for r in e.runs] == [0, 2, 3]
+    assert e.left_out == ["run1: trained with another configuration than the experiment's (changed: epochs, lr)"]
+    assert f"{exp}: run1: trained with another configuration than the experiment's (changed: epochs, lr); left out" in notes
+
+
 def test_same_experiment_reached_twice_is_loaded_once(results):
     exps = F.load_experiments([results, results / "sweep_a", results / "sweep_a" / "e1"])
     assert len(exps) == 9

@@ -350,6 +350,40 @@ def test_existing_experiment_needs_force(db, tmp_path, capsys):
     assert stat.S_IMODE((exp / RUN_SCRIPT).stat().st_mode) == 0o755
 
 
+def _finished_run(folder: Path, config: dict, **changes) -> None:
+    """A run folder as a finished training leaves it: summary.json recording ``config`` with ``changes``."""
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("batch,kind,test_accuracy\n0,batch,0.5\n")
+    (folder / "summary.json").write_text(json.dumps({"finished": True, "batches": 1, "final_accuracy": 0.5,
+                                                     "config": {**config, **changes}}))
+
+
+def test_force_sets_aside_finished_runs_of_another_training(db, tmp_path, capsys):
+    """prepare --force replacing the configuration: a finished run that trained otherwise is renamed
+    run<R>.former (never deleted, never labelled with the new settings, trained again by the run script);
+    one trained the same way (or differing only in where things are or how they run) stays."""
+    argv = ["AR1F", "391", "latent", db, "--out", tmp_path / "r", "--runs", "0,1,2"]
+    assert run(argv, capsys)[0] == 0
+    exp = tmp_path / "r" / "ar1free_nicv2_391_latent_conv5_4dw_m1500"
+    saved = ExperimentConfig.load(exp / CONFIG_FILE).to_dict()
+    _finished_run(exp / "run0", saved)
+    _finished_run(exp / "run1", saved, lr=0.01, device="cuda", dataset_root="/elsewhere", inference_chunk=64)
+    (exp / "run2").mkdir()
+    (exp / "run2" / "checkpoint.pt").write_bytes(b"unfinished: its checkpoint is refused when resumed")
+    (exp / "run0.former").mkdir()                      # set aside before: the next name is taken
+    code, out, err = run(argv + ["--set", "lr=0.01", "--force"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in exp.iterdir()) == [CONFIG_FILE, "run0.former", "run0.former2", "run1", "run2",
+                                                     RUN_SCRIPT]
+    assert json.loads((exp / "run0.former2" / "summary.json").read_text())["config"]["lr"] == saved["lr"]
+    line = [ln for ln in out.splitlines() if "set aside" in ln]
+    assert line == [f"info: {launch._display(exp / 'run0')} was trained with another configuration (changed: lr): "
+                    "set aside as run0.former2"]
+    # the same settings again: nothing more is set aside
+    code, out, _ = run(argv + ["--set", "lr=0.01", "--force"], capsys)
+    assert code == 0 and "set aside" not in out and (exp / "run1").is_dir()
+
+
 def test_write_failure_exits_1_with_one_line(db, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -631,14 +631,34 @@ def test_changed_configuration_needs_force_and_grown_grid_keeps_indices(db, tmp_
     data = base(db, tmp_path)
     data["fixed"] = {**data["fixed"], "epochs": 2}
     path = sweep_file(tmp_path, data)
-    r = cli("sweep", path)
     exp = out / "ar1free_nicv2_391_latent_conv5_4dw_m20"
+    old = json.loads((exp / "exp_configuration.json").read_text())
+    (exp / "run0").mkdir()                               # finished with epochs 4
+    (exp / "run0" / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "config": old}))
+    r = cli("sweep", path)
     assert r.exit_code == 1 and r.stderr == (
         f"Error: {exp}: it was prepared with epochs = 4.0, the sweep now gives 2.0; its results would mix two "
-        "configurations (choose another out folder, or --force to replace the configuration; finished runs are kept)\n")
+        "configurations (choose another out folder, or --force to replace the configuration; finished runs of the "
+        "former one are set aside)\n")
+    # the dry run counts the finished run as missing under the new configuration, and moves nothing
+    r = cli("sweep", path, "--force", "--dry-run")
+    assert r.exit_code == 0 and "tasks: 0 finished, 0 running, 0 pending, 0 failed, 4 missing" in r.stdout
+    assert (exp / "run0" / "summary.json").is_file() and not (exp / "run0.former").exists()
+    status = S.collect_status(out)[0]
+    assert (status.state, status.detail) == ("finished", "final accuracy 0.5000")
     r = cli("sweep", path, "--force")
     assert r.exit_code == 0 and f"{exp.name}: it was prepared with epochs = 4.0" in r.stdout
+    assert f"{exp / 'run0'} was trained with another configuration (changed: epochs): set aside as run0.former" in r.stdout
+    assert json.loads((exp / "run0.former" / "summary.json").read_text())["config"] == old
+    assert not (exp / "run0").exists() and fake_slurm.calls()[-1] == ["--parsable", "--array=0-3%2", str(out / "sweep.sbatch")]
     assert json.loads((exp / "exp_configuration.json").read_text())["epochs"] == 2.0
+    # a config edited by hand after: sweep status says the finished run does not count
+    (exp / "run0").mkdir()
+    (exp / "run0" / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "config": old}))
+    status = S.collect_status(out)[0]
+    assert status.state == "missing" and status.detail == ("finished with another configuration (changed: epochs); "
+                                                           "set aside when the sweep is submitted again")
+    shutil.rmtree(exp / "run0")
     # a config the trainer rewrote with its run only is the same experiment
     cfg = json.loads((exp / "exp_configuration.json").read_text())
     (exp / "exp_configuration.json").write_text(json.dumps({**cfg, "runs": [1]}))
@@ -725,8 +745,9 @@ def test_local_sweep_end_to_end_with_failure_resubmit_and_figures(tmp_path, monk
     real_write = S.write_sweep
 
     def write_then_break(*args, **kwargs):
-        real_write(*args, **kwargs)
+        set_aside = real_write(*args, **kwargs)
         labels.rename(hidden)
+        return set_aside
 
     monkeypatch.setattr(S, "write_sweep", write_then_break)
     r = cli("sweep", path, "--launcher", "local")

@@ -558,14 +558,49 @@ def test_a_checkpoint_resumes_only_under_the_switches_it_was_written_with(tiny, 
     assert state["fidelity"] == cfg.describe_fidelity()
     state["fidelity"]["importance_from"] = "gradients"          # as the default was before
     torch.save(state, d / "checkpoint.pt")
-    with pytest.raises(ConfigError, match=r"checkpoint.pt: checkpoint was written with other fidelity switches in "
-                                          r"force \(importance_from; a default may have changed\)"):
+    with pytest.raises(ConfigError, match=r"checkpoint.pt: the checkpoint was written with another configuration "
+                                          r"\(changed: fidelity.importance_from; a fidelity.\* default may have "
+                                          r"changed between versions\): use --force to start the run again$"):
         Trainer(cfg, progress=False).run_all()
+    # a key changed in the experiment's config file is named too
+    cfg.replace(lr=0.5).save(d.parent / "exp_configuration.json")
+    with pytest.raises(ConfigError, match=r"\(changed: fidelity.importance_from, lr;"):
+        Trainer(cfg.replace(lr=0.5), progress=False).run_all()
+    cfg.save(d.parent / "exp_configuration.json")
     del state["fidelity"]                                         # written before the switches were recorded
     torch.save(state, d / "checkpoint.pt")
     with caplog.at_level(logging.WARNING, logger="latent_replay.train"):
         Trainer(cfg.replace(max_batches=2), progress=False).run_all()
     assert "written before checkpoints recorded every fidelity switch" in caplog.text
+
+
+def test_finished_runs_of_another_configuration_are_neither_skipped_nor_averaged(tiny, tmp_path, caplog):
+    """The experiment's config file replaced with other training settings (by hand, or by an older
+    prepare --force): its finished runs are not done under it (refused, naming them, unless --force), and
+    summary.csv averages only the runs trained with it."""
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=1, epochs=1, max_batches=2, runs=[0, 1])
+    Trainer(cfg, progress=False).run_all()
+    exp = Path(cfg.out) / cfg.experiment_name
+    edited = cfg.replace(lr=0.05)
+    edited.save(exp / "exp_configuration.json")
+    results = {p: p.read_bytes() for p in sorted(exp.rglob("*")) if p.is_file() and p.name != "exp_configuration.json"}
+    with pytest.raises(ConfigError, match=rf"^{exp / 'run0'} \(and run1\): finished with another configuration "
+                                          rf"than {exp / 'exp_configuration.json'} \(changed: lr\); use --force"):
+        Trainer(edited, progress=False).run_all()
+    assert {p: p.read_bytes() for p in results} == results
+    # --force for run 0 only: run 1 keeps the former results, which summary.csv leaves out
+    with caplog.at_level(logging.WARNING, logger="latent_replay.results"):
+        Trainer(edited.replace(runs=[0]), progress=False).run_all(force=True)
+    assert f"{exp / 'run1'}: left out of summary.csv: trained with another configuration (changed: lr)" in caplog.text
+    summary = pd.read_csv(exp / "summary.csv")
+    run0 = pd.read_csv(exp / "run0" / "metrics.csv")
+    assert (summary["runs"] == 1).all()
+    assert summary["test_accuracy_mean"].tolist() == pytest.approx(run0["test_accuracy"].tolist(), abs=1e-6)
+    assert json.loads((exp / "run0" / "summary.json").read_text())["config"]["lr"] == 0.05
+    # nothing trained with it: no summary.csv (not the former one)
+    edited.replace(lr=0.5).save(exp / "exp_configuration.json")
+    from latent_replay.results import aggregate_runs
+    assert aggregate_runs(exp) is None and not (exp / "summary.csv").exists()
 
 
 def test_unreadable_checkpoints_are_one_line_errors_and_nothing_is_overwritten(tiny, tmp_path):

@@ -41,6 +41,23 @@ DEVICES = ("auto", "cpu", "cuda")
 EXECUTION_KEYS = ("precompute_lower", "cache_test_latents", "test_latents_in_file", "channels_last",
                   "recompute_bn_relu", "inference_chunk", "release_memory", "checkpoint_every")
 
+#: Config keys that may change between an interrupted run and its resumption (they do not change what a
+#: run computes, or only how far it goes).
+RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", *EXECUTION_KEYS)
+#: Keys that say where things are, not what is trained: another spelling of the same place (a relative
+#: path, a container path, the generated name written out) must not set an experiment's results apart.
+LOCATION_KEYS = ("dataset_root", "filelists", "weights", "name")
+
+
+def training_changes(old: dict, new: dict) -> list[str]:
+    """The keys, sorted, in which two configs (``to_dict()`` forms) train differently: any key but
+    :data:`RESUMABLE_CHANGES` and :data:`LOCATION_KEYS` whose values differ (one missing counts), where
+    ``preprocessing: auto`` matches any value (it resolves to one from the weights)."""
+    ignored = set(RESUMABLE_CHANGES) | set(LOCATION_KEYS)
+    return sorted(k for k in old.keys() | new.keys() if k not in ignored and old.get(k) != new.get(k)
+                  and not (k == "preprocessing" and "auto" in (old.get(k), new.get(k))))
+
+
 #: Frames per no-gradient forward when ``inference_chunk`` is None, on the CPU and on a GPU.
 INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU = 16, 256
 LATENT_LAYERS = (
@@ -451,6 +468,23 @@ class ExperimentConfig:
     def describe_fidelity(self) -> dict:
         """Every switch in force (for logs and result summaries)."""
         return dataclasses.asdict(self.fidelity)
+
+    def trained_otherwise(self, config: dict, fidelity: dict | None = None) -> list[str]:
+        """What results recorded with ``config`` (a ``to_dict()`` form, e.g. a run's summary.json or
+        checkpoint) and the fidelity switches then in force (``fidelity``, when recorded) trained
+        differently from this config: :func:`training_changes` and ``fidelity.<switch>``; empty when
+        the same. ``config`` is read with today's defaults for keys it lacks (added since it was written);
+        the switches in force are compared one by one, so a default changed since shows too."""
+        try:
+            config = ExperimentConfig.from_dict(config, "recorded configuration").to_dict()
+        except ConfigError:       # a key since removed, or a value no longer valid: compare as written
+            pass
+        changed = training_changes(config, self.to_dict())
+        if isinstance(fidelity, dict):     # the switches in force say more than the profile's overrides
+            now = self.describe_fidelity()
+            changed = [k for k in changed if k != "fidelity"]
+            changed += [f"fidelity.{k}" for k in fidelity.keys() | now.keys() if fidelity.get(k) != now.get(k)]
+        return sorted(changed)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"

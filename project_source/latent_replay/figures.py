@@ -3,7 +3,8 @@
 Every experiment under the given folders is found from its saved ``exp_configuration.json`` (folder
 names are never parsed), its finished runs are read (``run<R>/summary.json`` + ``run<R>/metrics.csv``)
 and the experiments are grouped by what their configurations say. Runs that are partial (a
-``metrics.csv`` without ``summary.json``), unreadable or missing are reported and left out.
+``metrics.csv`` without ``summary.json``), unreadable, missing, or trained with another configuration
+than the experiment's (its ``summary.json`` records one) are reported and left out.
 
 Figures (each written as ``<out>/<stem>.<format>`` for every requested format; a figure with nothing
 to show is skipped with a log line, never written empty). Name (key of :data:`FIGURES`) -> stem:
@@ -65,7 +66,7 @@ import pandas as pd
 from .config import (EXECUTION_KEYS, LATENT_DTYPES, LATENT_LAYERS, METHOD_TITLES, METHODS, REPLAYS, ConfigError,
                      ExperimentConfig)
 from .data.filelists import atomic_write_text
-from .results import CONFIG_FILE, RUN_DIR, run_dirs, write_csv
+from .results import CONFIG_FILE, RUN_DIR, run_dirs, trained_otherwise, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +301,11 @@ def _read_experiment(exp_dir: Path, notes: list[str]) -> Experiment | None:
     for number, d in run_dirs(exp_dir):
         present.append(number)
         run, why = _read_run(d)
-        if run is None:
+        changed = trained_otherwise(run.summary, cfg) if run is not None else []
+        if changed:   # e.g. the config was replaced (prepare --force) and the run not trained again yet
+            exp.left_out.append(f"{d.name}: trained with another configuration than the experiment's "
+                                f"(changed: {', '.join(changed)})")
+        elif run is None:
             exp.left_out.append(f"{d.name}: {why}")
         else:
             exp.runs.append(run)

@@ -39,11 +39,10 @@ from . import __version__
 from .config import (LATENT_LAYERS, METHOD_ALIASES, METHOD_TITLES, PROFILES, REPLAY_ALIASES, ConfigError,
                      ExperimentConfig, set_key)
 from .data.classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
+from .results import CONFIG_FILE, set_aside_line, set_aside_stale
 from .utils import format_int_list, parse_int_list
 
 PROG = "prepare_experiment.py"
-#: Same as ``results.CONFIG_FILE`` (not imported: that module pulls in pandas).
-CONFIG_FILE = "exp_configuration.json"
 RUN_SCRIPT = "run_experiment.sh"
 
 METHODS = ("CWR", "AR1S", "AR1F", "NAIVE", "JOINT")
@@ -562,9 +561,12 @@ def render_script(plan: Plan) -> str:
 
 
 # ---------------------------------------------------------------------------------------- writing
-def write_plan(plan: Plan) -> None:
-    """Write the config and the run script atomically (temporary files in the folder, then rename)."""
+def write_plan(plan: Plan) -> list[tuple[Path, Path, list[str]]]:
+    """Write the config and the run script atomically (temporary files in the folder, then rename).
+    Finished runs that the replaced configuration trained otherwise are set aside first
+    (:func:`~latent_replay.results.set_aside_stale`), which it returns."""
     plan.experiment_dir.mkdir(parents=True, exist_ok=True)
+    set_aside = set_aside_stale(plan.experiment_dir, plan.config)
     files = [(plan.config_path, plan.config.to_json(), 0o644), (plan.script_path, render_script(plan), 0o755)]
     temps = []
     try:
@@ -582,6 +584,7 @@ def write_plan(plan: Plan) -> None:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+    return set_aside
 
 
 # -------------------------------------------------------------------------------------- entry points
@@ -608,13 +611,15 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
     except SystemExit as exc:   # -h
         return int(exc.code or 0)
     try:
-        write_plan(plan)
+        set_aside = write_plan(plan)
     except OSError as exc:
         where = exc.filename or plan.experiment_dir
         print(f"{prog}: error: cannot write the experiment to {where}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     for line in plan.info:
         print(f"info: {line}")
+    for folder, target, changed in set_aside:
+        print(f"info: {set_aside_line(_display(folder), target, changed)}")
     python, has_torch = trainer_python()
     if plan.launcher == "local" and not has_torch:
         print(f"warning: the run script will use {python}, which has no PyTorch: it will fail until PyTorch is "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import ConfigError, ExperimentConfig
 from .data.filelists import atomic_write_text
 
 METRIC_COLUMNS = (
@@ -36,6 +38,8 @@ FLOAT_FORMAT = "%.6g"
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 #: A run folder's name: ``run<R>`` (anything else beside them, e.g. ``run0.bak``, is not a run).
@@ -54,6 +58,64 @@ def run_dirs(experiment_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         if match and d.is_dir():
             found.append((int(match.group(1)), d))
     return sorted(found)
+
+
+def read_summary(run_folder: str | os.PathLike) -> dict | None:
+    """A run folder's ``summary.json`` (written when the run finished), or None when absent or unreadable."""
+    try:
+        summary = json.loads((Path(run_folder) / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def trained_otherwise(summary: dict, cfg: ExperimentConfig) -> list[str]:
+    """The configuration keys in which a finished run (its summary.json) trained differently from ``cfg``
+    (empty: the same, or a summary from before summaries recorded their configuration). The fidelity
+    switches in force are not compared: a default changed in a later version of the suite does not
+    make an experiment's finished runs another experiment's (a checkpoint, resumed halfway, compares
+    them)."""
+    recorded = summary.get("config")
+    return cfg.trained_otherwise(recorded) if isinstance(recorded, dict) else []
+
+
+def set_aside(run_folder: str | os.PathLike) -> Path:
+    """Rename a run folder to ``run<R>.former`` (``.former2``, ... when taken), where no reader of results
+    counts it (:data:`RUN_DIR`); returns the new path."""
+    run_folder = Path(run_folder)
+    n = 1
+    while True:
+        target = run_folder.with_name(f"{run_folder.name}.former{n if n > 1 else ''}")
+        if not target.exists() and not target.is_symlink():
+            break
+        n += 1
+    os.rename(run_folder, target)
+    return target
+
+
+def stale_runs(experiment_dir: str | os.PathLike, cfg: ExperimentConfig) -> list[tuple[Path, list[str]]]:
+    """``(folder, changed keys)`` of the experiment's finished runs that trained otherwise than ``cfg``."""
+    found = []
+    for _, d in run_dirs(experiment_dir) if Path(experiment_dir).is_dir() else []:
+        summary = read_summary(d)
+        changed = trained_otherwise(summary, cfg) if summary is not None else []
+        if changed:
+            found.append((d, changed))
+    return found
+
+
+def set_aside_stale(experiment_dir: str | os.PathLike, cfg: ExperimentConfig) -> list[tuple[Path, Path, list[str]]]:
+    """Before ``cfg`` replaces an experiment's configuration: rename each finished run trained otherwise
+    (:func:`stale_runs`) to ``run<R>.former*`` (:func:`set_aside`), so its results are neither labelled
+    with ``cfg`` nor counted as done, and nothing is deleted. Returns ``(folder, new folder, changed
+    keys)`` for each. Unfinished runs stay: a process may still be training them, and their checkpoint is
+    refused when resumed under ``cfg``."""
+    return [(d, set_aside(d), changed) for d, changed in stale_runs(experiment_dir, cfg)]
+
+
+def set_aside_line(folder: str, target: Path, changed: list[str]) -> str:
+    """One line saying that ``folder`` (as it should be shown) was set aside as ``target``."""
+    return f"{folder} was trained with another configuration (changed: {', '.join(changed)}): set aside as {target.name}"
 
 
 def check_writable(folder: str | os.PathLike) -> None:
@@ -114,17 +176,30 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def aggregate_runs(experiment_dir: str | os.PathLike) -> pd.DataFrame | None:
-    """Mean and std (over finished runs) of every metric, per evaluation point; writes summary.csv."""
+    """Mean and std (over the finished runs) of every metric, per evaluation point; writes summary.csv (or
+    removes it when no run is finished). A run trained with another configuration than the experiment's
+    (``exp_configuration.json``) is left out, with a warning."""
     import pandas as pd
 
     experiment_dir = Path(experiment_dir)
+    try:
+        cfg = ExperimentConfig.load(experiment_dir / CONFIG_FILE)
+    except ConfigError:
+        cfg = None
     frames = []
     for number, d in run_dirs(experiment_dir):
-        if (d / "summary.json").is_file() and (d / "metrics.csv").is_file():
+        summary = read_summary(d)
+        if summary is not None and (d / "metrics.csv").is_file():
+            changed = trained_otherwise(summary, cfg) if cfg is not None else []
+            if changed:
+                log.warning("%s: left out of summary.csv: trained with another configuration (changed: %s)",
+                            d, ", ".join(changed))
+                continue
             m = read_metrics(d / "metrics.csv")
             m.insert(0, "run", number)
             frames.append(m)
     if not frames:
+        (experiment_dir / "summary.csv").unlink(missing_ok=True)
         return None
     allruns = pd.concat(frames, ignore_index=True)
     keys = ["batch", "kind"]

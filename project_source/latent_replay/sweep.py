@@ -50,6 +50,7 @@ import click
 from . import __version__, launch
 from .config import METHOD_ALIASES, REPLAY_ALIASES, ConfigError, ExperimentConfig, set_key
 from .data.filelists import atomic_write_text
+from .results import read_summary, set_aside_line, set_aside_stale, trained_otherwise
 from .utils import format_int_list, has_control_characters, parse_int_list
 
 SWEEP_FORMAT = "latent-replay-sweep"
@@ -558,7 +559,8 @@ def check_existing(expansion: Expansion, force: bool) -> list[str]:
             continue
         if not force:
             raise SweepError(f"{p.plan.experiment_dir}: {why}; its results would mix two configurations "
-                             "(choose another out folder, or --force to replace the configuration; finished runs are kept)")
+                             "(choose another out folder, or --force to replace the configuration; finished runs of the "
+                             "former one are set aside)")
         replaced.append(f"{p.name}: {why}; configuration replaced")
     return replaced
 
@@ -973,21 +975,27 @@ def _batches_done(run_dir: Path) -> int:
     return sum(1 for ln in lines[1:] if len(ln.split(",")) > col and ln.split(",")[col] == "batch")
 
 
-def task_status(sweep_dir: Path, task: Task, state: Optional[dict], queued: Optional[dict]) -> TaskStatus:
+def task_status(sweep_dir: Path, task: Task, state: Optional[dict], queued: Optional[dict],
+                config: Optional[ExperimentConfig] = None) -> TaskStatus:
+    """Where a task stands. With the experiment's ``config``, a run that finished with another one counts
+    as missing (writing the sweep sets its folder aside, :func:`~latent_replay.results.set_aside_stale`)."""
     run_dir = Path(sweep_dir) / task.experiment / f"run{task.run}"
     st = TaskStatus(task.index, task.experiment, task.run, "missing", batches=_batches_done(run_dir))
     if state:
         st.job, st.log = state.get("job", ""), state.get("log", "")
         if state.get("exit", "").lstrip("-").isdigit():
             st.exit = int(state["exit"])
-    summary = run_dir / "summary.json"
-    if summary.is_file():
+    if (run_dir / "summary.json").is_file():
+        summary = read_summary(run_dir) or {}
+        changed = trained_otherwise(summary, config) if config is not None else []
+        if changed:
+            st.batches = 0
+            st.detail = (f"finished with another configuration (changed: {', '.join(changed)}); set aside "
+                         "when the sweep is submitted again")
+            return st
         st.state = "finished"
-        try:
-            acc = json.loads(summary.read_text(encoding="utf-8")).get("final_accuracy")
-            st.detail = f"final accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
-        except (OSError, ValueError):
-            pass
+        acc = summary.get("final_accuracy")
+        st.detail = f"final accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
         return st
     q = queued.get(task.index) if queued else None
     ended = state is not None and "ended" in state
@@ -1031,7 +1039,13 @@ def collect_status(sweep_dir: Path) -> list[TaskStatus]:
     sweep_dir = Path(sweep_dir)
     tasks = read_tasks(sweep_dir)
     queued = squeue_tasks(read_submissions(sweep_dir))
-    return [task_status(sweep_dir, t, read_state(sweep_dir, t.index), queued) for t in tasks]
+    configs = {}
+    for name in {t.experiment for t in tasks}:
+        try:
+            configs[name] = ExperimentConfig.load(sweep_dir / name / launch.CONFIG_FILE)
+        except ConfigError:
+            configs[name] = None
+    return [task_status(sweep_dir, t, read_state(sweep_dir, t.index), queued, configs[t.experiment]) for t in tasks]
 
 
 def count_states(statuses: Sequence[TaskStatus]) -> dict[str, int]:
@@ -1217,7 +1231,9 @@ def run_sweep(sweep_file: str | os.PathLike, *, launcher: str = "slurm", contain
     tasks = assign_tasks(sweep.out, [p.name for p in expansion.experiments], sweep.runs)
     submissions = read_submissions(sweep.out)
     queued = squeue_tasks(submissions) if sweep.out.is_dir() else {}
-    statuses = [task_status(sweep.out, t, read_state(sweep.out, t.index), queued) for t in tasks]
+    configs = {p.name: p.plan.config for p in expansion.experiments}
+    statuses = [task_status(sweep.out, t, read_state(sweep.out, t.index), queued, configs.get(t.experiment))
+                for t in tasks]
     _print_report(expansion, tasks, statuses, echo)
     for line in replaced:
         echo(f"  {line}")
@@ -1237,17 +1253,23 @@ def run_sweep(sweep_file: str | os.PathLike, *, launcher: str = "slurm", contain
     if selected and launcher == "slurm" and shutil.which("sbatch") is None:
         raise SweepError("sbatch not found: submit from a Slurm login node, or use --launcher local (or --dry-run "
                          "to see the script)")
-    write_sweep(expansion, tasks, script, launcher)
+    for folder, target, changed in write_sweep(expansion, tasks, script, launcher):
+        echo(f"  {set_aside_line(_display(folder), target, changed)}")
     return _launch(sweep.out, selected, tasks, launcher, sweep.slurm, sweep.device, echo)
 
 
-def write_sweep(expansion: Expansion, tasks: Sequence[Task], script: str, launcher: str) -> None:
+def write_sweep(expansion: Expansion, tasks: Sequence[Task], script: str,
+                launcher: str) -> list[tuple[Path, Path, list[str]]]:
+    """Write the experiments and the sweep's files; returns the finished runs set aside because their
+    experiment's configuration changed (:func:`~latent_replay.results.set_aside_stale`)."""
     sweep = expansion.sweep
+    set_aside = []
     for p in expansion.experiments:
         if sweep.container == "apptainer":   # prepare_experiment.py has no apptainer run script
+            set_aside += set_aside_stale(p.plan.experiment_dir, p.plan.config)
             p.plan.config.save(p.plan.config_path)
         else:
-            launch.write_plan(p.plan)
+            set_aside += launch.write_plan(p.plan)
     (sweep.out / LOG_DIR).mkdir(parents=True, exist_ok=True)
     (sweep.out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     data = sweep.to_dict()
@@ -1257,6 +1279,7 @@ def write_sweep(expansion: Expansion, tasks: Sequence[Task], script: str, launch
     atomic_write_text(sweep.out / TASKS_FILE, tasks_text(tasks))
     atomic_write_text(sweep.out / SCRIPT, script)
     os.chmod(sweep.out / SCRIPT, 0o755)
+    return set_aside
 
 
 def _echo_plan(sweep_dir: Path, selected: Sequence[int], tasks: Sequence[Task], launcher: str, sweep: Sweep,

@@ -32,14 +32,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import EXECUTION_KEYS, INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, ConfigError, ExperimentConfig
+from .config import (INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, RESUMABLE_CHANGES, ConfigError, ExperimentConfig,
+                     training_changes)
 from .data.core50 import DatasetError, FrameStore, load_frames, open_root, preprocess
 from .data.nicv2 import Scenario, load_scenario
 from .methods import DECAY_MULTS, make_method
 from .models import BRNConfig, MobileNetV1, param_names_by_kind, recompute_bn_relu, split
 from .models.weights import load_weights
 from .replay import ReplayMemory, choose_update
-from .results import CONFIG_FILE, aggregate_runs, run_dir, run_dirs, write_json, write_metrics
+from .results import CONFIG_FILE, aggregate_runs, run_dir, run_dirs, stale_runs, write_json, write_metrics
 from .rowfile import RowFile
 from .utils import release_free_memory
 
@@ -608,19 +609,16 @@ class RunTrainer:
                               "to train the run again") from None
         if not isinstance(state, dict) or state.get("format") != "latent-replay-run-checkpoint":
             raise ConfigError(f"{path}: not a run checkpoint of this suite")
-        if _identity(state["config"]) != _identity(self.cfg.to_dict()):
-            raise ConfigError(f"{path}: checkpoint was written with a different configuration "
-                              "(use --force to start the run again)")
-        # the config keeps only the overrides of its profile: compare every switch in force, so a default
-        # changed between versions cannot change a run halfway
-        now = self.cfg.describe_fidelity()
+        # the config keeps only the overrides of its profile: compare every switch in force too, so a
+        # default changed between versions cannot change a run halfway
+        changed = self.cfg.trained_otherwise(state["config"], state.get("fidelity"))
+        if changed:
+            raise ConfigError(f"{path}: the checkpoint was written with another configuration (changed: "
+                              f"{', '.join(changed)}; a fidelity.* default may have changed between versions): "
+                              "use --force to start the run again")
         if "fidelity" not in state:
             log.warning("%s: written before checkpoints recorded every fidelity switch; resuming with the "
                         "switches in force now (AR1*'s importance_from default changed to 'updates')", path)
-        elif state["fidelity"] != now:
-            changed = _changed_keys(state["fidelity"], now)
-            raise ConfigError(f"{path}: checkpoint was written with other fidelity switches in force "
-                              f"({', '.join(changed)}; a default may have changed): use --force to start the run again")
         self.batches_done, self.global_iter = state["batches_done"], state["global_iter"]
         self.rows, self.seen = state["rows"], set(state["seen"])
         if self.batches_done >= 2 and not self.cumulative:   # batch 1 switched the BRN settings
@@ -680,10 +678,6 @@ class RunTrainer:
         return summary
 
 
-#: Config keys that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("runs", "device", "out", "cache_dir", "max_batches", *EXECUTION_KEYS)
-
-
 def batches_to_train(cfg: ExperimentConfig, scenario: Scenario) -> int:
     """The batches a run of ``scenario`` trains: all of them, or the first ``max_batches``."""
     n = len(scenario)
@@ -701,14 +695,6 @@ def _summary_batches(path: Path) -> int:
 
 #: What ``latent-replay train`` can override on its command line (for that call only).
 CLI_OVERRIDES = ("runs", "device", "out")
-#: Keys that say where things are, not what is trained: another spelling of the same place (a relative
-#: path, a container path, the generated name written out) must not refuse an experiment's results.
-LOCATION_KEYS = ("dataset_root", "filelists", "weights", "name")
-
-
-def _changed_keys(old: dict, new: dict) -> list[str]:
-    """The keys whose values differ between two dicts (one missing counts as differing), sorted."""
-    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 def _without(config: dict, keys) -> dict:
@@ -786,8 +772,7 @@ class Trainer:
         training: its results must not end up labelled with this config. Refused while a run folder holds
         results, unless ``force`` (which trains this call's runs again; other runs' results are then left,
         with a warning)."""
-        changed = [k for k in _changed_keys(old, new) if k not in LOCATION_KEYS
-                   and not (k == "preprocessing" and "auto" in (old.get(k), new.get(k)))]
+        changed = training_changes(old, new)
         if not changed:   # the same training, written differently (another path spelling, name, auto)
             return
         with_results = [d.name for _, d in run_dirs(self.experiment_dir)
@@ -800,14 +785,29 @@ class Trainer:
                               "name or out, or use --force to train it again")
         others = [n for n in with_results if n not in {f"run{r}" for r in self.cfg.runs}]
         if others:
-            log.warning("%s: %s keep results of the former configuration (changed: %s)", self.experiment_dir,
-                        ", ".join(others), ", ".join(changed))
+            log.warning("%s: %s keep results of the former configuration (changed: %s); summary.csv and "
+                        "figures leave them out", self.experiment_dir, ", ".join(others), ", ".join(changed))
+
+    def _refuse_stale_runs(self) -> None:
+        """A run to train that finished with another configuration than the experiment's (its config file
+        edited since, or replaced by an older version of the suite) is not done: refused, naming it, so
+        neither its results get this configuration's label nor does it get skipped as finished."""
+        listed = {run_dir(self.cfg.out, self.cfg.experiment_name, r) for r in self.cfg.runs}
+        stale = [(d, changed) for d, changed in stale_runs(self.experiment_dir, self.cfg) if d in listed]
+        if stale:
+            d, changed = stale[0]
+            more = f" (and {', '.join(x.name for x, _ in stale[1:])})" if len(stale) > 1 else ""
+            raise ConfigError(f"{d}{more}: finished with another configuration than {self.experiment_dir / CONFIG_FILE} "
+                              f"(changed: {', '.join(changed)}); use --force to train it again, or prepare the "
+                              "experiment again with --force, which sets such runs aside")
 
     def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
         self._record_config(force)
         if force:   # the runs it lists are trained again: an interrupted call must not leave it behind
             (self.experiment_dir / "summary.csv").unlink(missing_ok=True)
+        else:
+            self._refuse_stale_runs()
         summaries = []
         for r in self.cfg.runs:
             d = run_dir(self.cfg.out, self.cfg.experiment_name, r)
