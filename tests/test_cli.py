@@ -98,6 +98,17 @@ def test_synth_command_and_demo(tmp_path, monkeypatch):
     assert (out / "figures" / "fig1_accuracy_vs_batches.png").is_file() and (out / "figures" / "summary.md").is_file()
     second = run("demo", "--out", out)  # reuses dataset, cache and finished runs
     assert second.exit_code == 0 and second.stdout.split("experiment", 1)[1] == first.stdout.split("experiment", 1)[1]
+    assert "set aside" not in second.stdout
+    # a later version with other demo settings: the former results are set aside, not refused
+    monkeypatch.setattr(demo, "DEMO_TRAINING", {**demo.DEMO_TRAINING, "lr": 0.01, "max_batches": 2})
+    (out / "results" / "naive_nicv2_391_none" / "run0" / "summary.json").unlink()     # as if interrupted
+    third = run("demo", "--out", out)
+    assert third.exit_code == 0, third.output
+    for name in ("ar1free_nicv2_391_latent_conv5_4dw_m300", "naive_nicv2_391_none"):
+        assert f"{out / 'results' / name / 'run0'} was trained with another configuration (changed: lr): set aside " \
+               "as run0.former" in third.stdout
+        assert len((out / "results" / name / "run0" / "metrics.csv").read_text().splitlines()) == 1 + 2
+        assert len((out / "results" / name / "run0.former" / "metrics.csv").read_text().splitlines()) == 1 + 3
 
 
 def test_training_does_not_load_pandas():

@@ -144,3 +144,38 @@ def test_glr_profile_and_overrides_round_trip():
         ExperimentConfig(replay="generative", glr={"sampling": "stream"})
     with pytest.raises(ConfigError, match="glr.extra: unknown key"):
         ExperimentConfig.from_dict({"glr": {"extra": 1}})
+
+
+def test_what_counts_as_training_otherwise():
+    """Results recorded with one config, compared with another: where things are and how a run executes
+    do not count; weights count between none and a file; preprocessing 'auto' matches the value it
+    resolves to; the fidelity switches in force, when recorded, are compared one by one."""
+    cfg = ExperimentConfig(method="ar1", replay="latent")
+    rec = cfg.to_dict()
+    assert cfg.trained_otherwise(rec) == []
+    moved = {**rec, "dataset_root": "/elsewhere", "filelists": "/x", "name": "n", "device": "cuda", "runs": [3],
+             "out": "o", "cache_dir": "c", "max_batches": 2, "inference_chunk": 64, "channels_last": False}
+    assert cfg.trained_otherwise(moved) == []
+    assert cfg.trained_otherwise({**rec, "lr": 0.5, "epochs": 1.0}) == ["epochs", "lr"]
+    # a key the recorded config lacks (added by a later version) takes today's default; one since removed counts
+    assert cfg.trained_otherwise({k: v for k, v in rec.items() if k != "latent_dtype"}) == []
+    assert cfg.trained_otherwise({**rec, "gone": 1}) == ["gone"]
+    # weights: another path is another spelling; none against a file is another start
+    with_weights = cfg.replace(weights="/w/a.pt")
+    assert with_weights.trained_otherwise({**rec, "weights": "/mnt/w/a.pt"}) == []
+    assert with_weights.trained_otherwise(rec) == ["weights"] and cfg.trained_otherwise(with_weights.to_dict()) == ["weights"]
+    # preprocessing: auto resolves to caffe without weights; with weights it is known only from them
+    imagenet = cfg.replace(preprocessing="imagenet")
+    assert cfg.preprocessing == "auto" and cfg.known_preprocessing() == "caffe"
+    assert imagenet.trained_otherwise(rec) == [] and imagenet.trained_otherwise(rec, preprocessing="caffe") == ["preprocessing"]
+    assert cfg.trained_otherwise(imagenet.to_dict(), preprocessing="imagenet") == ["preprocessing"]
+    assert with_weights.known_preprocessing() is None
+    assert with_weights.trained_otherwise({**rec, "weights": "/w/a.pt"}, preprocessing="imagenet") == []
+    assert with_weights.trained_otherwise({**rec, "weights": "/w/a.pt"}, preprocessing="imagenet",
+                                          preprocessing_now="caffe") == ["preprocessing"]
+    # the switches in force: a default changed since shows, and an explicit switch matching it does not
+    in_force = {**cfg.describe_fidelity(), "importance_from": "gradients"}
+    assert cfg.trained_otherwise(rec, in_force) == ["fidelity.importance_from"]
+    explicit = cfg.replace(fidelity=dataclasses.replace(cfg.fidelity, importance_from="gradients"))
+    assert explicit.trained_otherwise(rec, in_force) == []
+    assert explicit.trained_otherwise(rec) == ["fidelity"]          # without the switches in force: the overrides

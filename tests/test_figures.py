@@ -122,13 +122,23 @@ def test_runs_trained_with_another_configuration_are_left_out(tmp_path):
     where things are and how they ran, and summaries without a config, still count."""
     exp = write_experiment(tmp_path, "x", {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8})
     config = ExperimentConfig.load(exp / CONFIG_FILE).to_dict()
-    for run, changes in ((0, {}), (1, {"lr": 0.5, "epochs": 1.0}), (2, {"dataset_root": "/data", "device": "cuda"})):
+    in_force = ExperimentConfig.load(exp / CONFIG_FILE).describe_fidelity()
+    for run, changes, extra in ((0, {}, {"fidelity": in_force, "preprocessing": "caffe"}),
+                                (1, {"lr": 0.5, "epochs": 1.0}, {}),
+                                (2, {"dataset_root": "/data", "device": "cuda"}, {}),
+                                (4, {}, {"fidelity": {**in_force, "importance_from": "gradients"}}),
+                                (5, {}, {"preprocessing": "imagenet"})):
+        if run > 3:
+            write_run(exp, run, [0.1, 0.2, 0.3, 0.4])
         summary = json.loads((exp / f"run{run}" / "summary.json").read_text())
-        write_json(exp / f"run{run}" / "summary.json", {**summary, "config": {**config, **changes}})
+        write_json(exp / f"run{run}" / "summary.json", {**summary, "config": {**config, **changes}, **extra})
     notes = []
     (e,) = F.load_experiments([tmp_path], notes)
     assert [r.number for r in e.runs] == [0, 2, 3]
-    assert e.left_out == ["run1: trained with another configuration than the experiment's (changed: epochs, lr)"]
+    assert e.left_out == ["run1: trained with another configuration than the experiment's (changed: epochs, lr)",
+                          "run4: trained with another configuration than the experiment's "
+                          "(changed: fidelity.importance_from)",
+                          "run5: trained with another configuration than the experiment's (changed: preprocessing)"]
     assert f"{exp}: run1: trained with another configuration than the experiment's (changed: epochs, lr); left out" in notes
 
 

@@ -379,6 +379,13 @@ def test_force_sets_aside_finished_runs_of_another_training(db, tmp_path, capsys
     line = [ln for ln in out.splitlines() if "set aside" in ln]
     assert line == [f"info: {launch._display(exp / 'run0')} was trained with another configuration (changed: lr): "
                     "set aside as run0.former2"]
+    # a write that fails moves nothing
+    (exp / RUN_SCRIPT).unlink()
+    (exp / RUN_SCRIPT).mkdir()
+    code, _, err = run(argv + ["--set", "lr=0.02", "--force"], capsys)
+    assert code == 1 and "cannot write the experiment" in err and (exp / "run1" / "summary.json").is_file()
+    assert not (exp / "run1.former").exists()
+    (exp / RUN_SCRIPT).rmdir()
     # the same settings again: nothing more is set aside
     code, out, _ = run(argv + ["--set", "lr=0.01", "--force"], capsys)
     assert code == 0 and "set aside" not in out and (exp / "run1").is_dir()

@@ -652,13 +652,26 @@ def test_changed_configuration_needs_force_and_grown_grid_keeps_indices(db, tmp_
     assert json.loads((exp / "run0.former" / "summary.json").read_text())["config"] == old
     assert not (exp / "run0").exists() and fake_slurm.calls()[-1] == ["--parsable", "--array=0-3%2", str(out / "sweep.sbatch")]
     assert json.loads((exp / "exp_configuration.json").read_text())["epochs"] == 2.0
-    # a config edited by hand after: sweep status says the finished run does not count
+    # a run that finished with other settings than the config (e.g. edited by hand since): not finished;
+    # while Slurm lists its task it is pending as any other, and resubmitting sets it aside first (the
+    # trainer would refuse it, and the task would fail again at every resubmission)
     (exp / "run0").mkdir()
     (exp / "run0" / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "config": old}))
+    (out / "state" / "task0").write_text("task=0\njob=1001_0\nhost=h\npid=1\nstarted=x\nended=y\nexit=0\n")
     status = S.collect_status(out)[0]
-    assert status.state == "missing" and status.detail == ("finished with another configuration (changed: epochs); "
-                                                           "set aside when the sweep is submitted again")
-    shutil.rmtree(exp / "run0")
+    assert (status.state, status.exit) == ("missing", None)
+    assert status.detail == ("finished with another configuration than its experiment's (changed: epochs); "
+                             "submitting it sets that run aside and trains it again")
+    fake_slurm.queue("1001|0|PENDING")
+    assert S.collect_status(out)[0].state == "pending"
+    fake_slurm.queue("1001|1|RUNNING", "1001|2|RUNNING", "1001|3|RUNNING")
+    r = cli("sweep", "resubmit", out)
+    assert r.exit_code == 0, r.output
+    assert (f"{exp / 'run0'} was trained with another configuration (changed: epochs): set aside as run0.former2"
+            in r.stdout)
+    assert fake_slurm.calls()[-1] == ["--parsable", "--array=0%2", str(out / "sweep.sbatch")]
+    assert not (exp / "run0").exists() and (exp / "run0.former2" / "summary.json").is_file()
+    fake_slurm.queue()
     # a config the trainer rewrote with its run only is the same experiment
     cfg = json.loads((exp / "exp_configuration.json").read_text())
     (exp / "exp_configuration.json").write_text(json.dumps({**cfg, "runs": [1]}))

@@ -555,7 +555,13 @@ def test_a_checkpoint_resumes_only_under_the_switches_it_was_written_with(tiny, 
     d = Path(cfg.out) / cfg.experiment_name / "run0"
     (d / "summary.json").unlink()
     state = torch.load(d / "checkpoint.pt", weights_only=False)
-    assert state["fidelity"] == cfg.describe_fidelity()
+    assert state["fidelity"] == cfg.describe_fidelity() and state["preprocessing"] == "caffe"
+    state["preprocessing"] = "imagenet"                         # what 'auto' resolved to is compared too
+    torch.save(state, d / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"checkpoint.pt: the checkpoint was written with another configuration "
+                                          r"\(changed: preprocessing\): use --force to start the run again$"):
+        Trainer(cfg, progress=False).run_all()
+    state["preprocessing"] = "caffe"
     state["fidelity"]["importance_from"] = "gradients"          # as the default was before
     torch.save(state, d / "checkpoint.pt")
     with pytest.raises(ConfigError, match=r"checkpoint.pt: the checkpoint was written with another configuration "
@@ -583,10 +589,12 @@ def test_finished_runs_of_another_configuration_are_neither_skipped_nor_averaged
     exp = Path(cfg.out) / cfg.experiment_name
     edited = cfg.replace(lr=0.05)
     edited.save(exp / "exp_configuration.json")
-    results = {p: p.read_bytes() for p in sorted(exp.rglob("*")) if p.is_file() and p.name != "exp_configuration.json"}
+    results = {p: p.read_bytes() for p in sorted(exp.rglob("*")) if p.is_file()}
     with pytest.raises(ConfigError, match=rf"^{exp / 'run0'} \(and run1\): finished with another configuration "
-                                          rf"than {exp / 'exp_configuration.json'} \(changed: lr\); use --force"):
+                                          r"than this one \(changed: lr\); use --force"):
         Trainer(edited, progress=False).run_all()
+    with pytest.raises(ConfigError, match=r"run1: finished with another"):   # refused before the config is written
+        Trainer(edited.replace(runs=[1], inference_chunk=3), progress=False).run_all()
     assert {p: p.read_bytes() for p in results} == results
     # --force for run 0 only: run 1 keeps the former results, which summary.csv leaves out
     with caplog.at_level(logging.WARNING, logger="latent_replay.results"):

@@ -52,10 +52,15 @@ LOCATION_KEYS = ("dataset_root", "filelists", "weights", "name")
 def training_changes(old: dict, new: dict) -> list[str]:
     """The keys, sorted, in which two configs (``to_dict()`` forms) train differently: any key but
     :data:`RESUMABLE_CHANGES` and :data:`LOCATION_KEYS` whose values differ (one missing counts), where
-    ``preprocessing: auto`` matches any value (it resolves to one from the weights)."""
+    ``preprocessing: auto`` matches any value (it resolves to one from the weights: compare the resolved
+    values where they are known), and ``weights`` counts only between none (random initial weights) and
+    a file."""
     ignored = set(RESUMABLE_CHANGES) | set(LOCATION_KEYS)
-    return sorted(k for k in old.keys() | new.keys() if k not in ignored and old.get(k) != new.get(k)
-                  and not (k == "preprocessing" and "auto" in (old.get(k), new.get(k))))
+    changed = [k for k in old.keys() | new.keys() if k not in ignored and old.get(k) != new.get(k)
+               and not (k == "preprocessing" and "auto" in (old.get(k), new.get(k)))]
+    if (old.get("weights") is None) != (new.get("weights") is None):
+        changed.append("weights")
+    return sorted(changed)
 
 
 #: Frames per no-gradient forward when ``inference_chunk`` is None, on the CPU and on a GPU.
@@ -469,12 +474,25 @@ class ExperimentConfig:
         """Every switch in force (for logs and result summaries)."""
         return dataclasses.asdict(self.fidelity)
 
-    def trained_otherwise(self, config: dict, fidelity: dict | None = None) -> list[str]:
+    def known_preprocessing(self) -> str | None:
+        """The preprocessing in force when known without loading the weights: the configured one, or
+        ``caffe`` for ``auto`` without weights (random initial weights); None for ``auto`` with weights."""
+        if self.preprocessing != "auto":
+            return self.preprocessing
+        return "caffe" if self.weights is None else None
+
+    def trained_otherwise(self, config: dict, fidelity: dict | None = None, preprocessing: str | None = None,
+                          preprocessing_now: str | None = None) -> list[str]:
         """What results recorded with ``config`` (a ``to_dict()`` form, e.g. a run's summary.json or
-        checkpoint) and the fidelity switches then in force (``fidelity``, when recorded) trained
-        differently from this config: :func:`training_changes` and ``fidelity.<switch>``; empty when
-        the same. ``config`` is read with today's defaults for keys it lacks (added since it was written);
-        the switches in force are compared one by one, so a default changed since shows too."""
+        checkpoint), the fidelity switches then in force (``fidelity``) and the preprocessing then
+        used (``preprocessing``), each when recorded, trained differently from this config, whose
+        preprocessing is ``preprocessing_now`` (default: :meth:`known_preprocessing`): the keys of
+        :func:`training_changes`, ``fidelity.<switch>``, ``preprocessing``; empty when the same.
+
+        ``config`` is read with today's defaults for keys it lacks (added since it was written); a key
+        since removed makes it differ. The switches in force are compared one by one: a default changed
+        since shows (those results trained otherwise than this config now means), and a switch set
+        explicitly to what was then the default matches."""
         try:
             config = ExperimentConfig.from_dict(config, "recorded configuration").to_dict()
         except ConfigError:       # a key since removed, or a value no longer valid: compare as written
@@ -484,6 +502,9 @@ class ExperimentConfig:
             now = self.describe_fidelity()
             changed = [k for k in changed if k != "fidelity"]
             changed += [f"fidelity.{k}" for k in fidelity.keys() | now.keys() if fidelity.get(k) != now.get(k)]
+        now = preprocessing_now or self.known_preprocessing()
+        if preprocessing and now and preprocessing != now and "preprocessing" not in changed:
+            changed.append("preprocessing")
         return sorted(changed)
 
     def to_json(self) -> str:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .data.core50 import open_root
 from .data.filelists import SCENARIOS
 from .data.nicv2 import inventory_from_root, load_scenario, write_nicv2
 from .data.synthetic import write_synthetic_core50
+from .results import CONFIG_FILE, run_dirs, set_aside, set_aside_line, set_aside_stale
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,24 @@ def demo_configs(out: Path, root: Path, lists: Path) -> list[ExperimentConfig]:
                              out=str(out / "results"), **DEMO_TRAINING, **exp) for exp in DEMO_EXPERIMENTS]
 
 
+def set_aside_former_results(cfg: ExperimentConfig, echo=print) -> list[Path]:
+    """The demo owns its folder: runs an earlier demo trained otherwise (a later version of the suite
+    changed its settings or a default) are set aside as ``run<R>.former``, saying so, instead of being
+    refused by the trainer; returns the new folders."""
+    exp_dir = Path(cfg.out) / cfg.experiment_name
+    moved = set_aside_stale(exp_dir, cfg)
+    try:
+        saved = ExperimentConfig.load(exp_dir / CONFIG_FILE)
+    except ConfigError:
+        saved = None
+    changed = cfg.trained_otherwise(saved.to_dict()) if saved is not None else []
+    if changed:   # unfinished runs of the former settings too: their checkpoints would be refused
+        moved += [(d, set_aside(d), changed) for _, d in run_dirs(exp_dir)]
+    for folder, target, keys in moved:
+        echo(set_aside_line(str(folder), target, keys))
+    return [target for _, target, _ in moved]
+
+
 def run_demo(out: Path, seed: int = 0, echo=print) -> dict:
     """Everything ``make demo`` does; returns {experiment name: summary of run 0}."""
     from .cli import format_summary
@@ -65,6 +84,7 @@ def run_demo(out: Path, seed: int = 0, echo=print) -> dict:
     results = {}
     for cfg in demo_configs(out, root, lists):
         echo(f"training {cfg.experiment_name} ...")
+        set_aside_former_results(cfg, echo)
         trainer = Trainer(cfg)
         trainer.run_all()
         summary_file = trainer.experiment_dir / "run0" / "summary.json"

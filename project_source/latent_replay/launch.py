@@ -431,7 +431,8 @@ def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Pla
     existing = [p for p in (experiment_dir / CONFIG_FILE, experiment_dir / RUN_SCRIPT) if p.exists()]
     if existing and not ns.force:
         raise UsageError("--force", f"{experiment_dir} already holds a prepared experiment ({existing[0].name}); "
-                                    "add --force to replace its configuration and run script (results are kept)")
+                                    "add --force to replace its configuration and run script (finished runs trained with other "
+                                    "settings are then set aside)")
     gpu = docker and ns.device != "cpu"
     return Plan(config=cfg, launcher=ns.launcher, experiment_dir=experiment_dir, out_dir=out_dir,
                 flavour=flavour if gpu else None, image=image if docker else "", mounts=mounts, info=info)
@@ -563,10 +564,10 @@ def render_script(plan: Plan) -> str:
 # ---------------------------------------------------------------------------------------- writing
 def write_plan(plan: Plan) -> list[tuple[Path, Path, list[str]]]:
     """Write the config and the run script atomically (temporary files in the folder, then rename).
-    Finished runs that the replaced configuration trained otherwise are set aside first
-    (:func:`~latent_replay.results.set_aside_stale`), which it returns."""
+    Then the finished runs that the replaced configuration trained otherwise are set aside
+    (:func:`~latent_replay.results.set_aside_stale`), and returned: where a write fails, nothing is
+    moved (and a run left in place is still refused by the trainer and left out of figures)."""
     plan.experiment_dir.mkdir(parents=True, exist_ok=True)
-    set_aside = set_aside_stale(plan.experiment_dir, plan.config)
     files = [(plan.config_path, plan.config.to_json(), 0o644), (plan.script_path, render_script(plan), 0o755)]
     temps = []
     try:
@@ -584,7 +585,7 @@ def write_plan(plan: Plan) -> list[tuple[Path, Path, list[str]]]:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
-    return set_aside
+    return set_aside_stale(plan.experiment_dir, plan.config)
 
 
 # -------------------------------------------------------------------------------------- entry points

@@ -21,7 +21,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -69,14 +69,15 @@ def read_summary(run_folder: str | os.PathLike) -> dict | None:
     return summary if isinstance(summary, dict) else None
 
 
-def trained_otherwise(summary: dict, cfg: ExperimentConfig) -> list[str]:
-    """The configuration keys in which a finished run (its summary.json) trained differently from ``cfg``
-    (empty: the same, or a summary from before summaries recorded their configuration). The fidelity
-    switches in force are not compared: a default changed in a later version of the suite does not
-    make an experiment's finished runs another experiment's (a checkpoint, resumed halfway, compares
-    them)."""
+def trained_otherwise(summary: dict, cfg: ExperimentConfig, preprocessing_now: str | None = None) -> list[str]:
+    """What a finished run (its summary.json) trained differently from ``cfg``
+    (:meth:`~latent_replay.config.ExperimentConfig.trained_otherwise`: its configuration, the fidelity
+    switches in force and the preprocessing used, as far as the summary records them); empty when the
+    same, or for a summary from before summaries recorded their configuration."""
     recorded = summary.get("config")
-    return cfg.trained_otherwise(recorded) if isinstance(recorded, dict) else []
+    if not isinstance(recorded, dict):
+        return []
+    return cfg.trained_otherwise(recorded, summary.get("fidelity"), summary.get("preprocessing"), preprocessing_now)
 
 
 def set_aside(run_folder: str | os.PathLike) -> Path:
@@ -93,24 +94,29 @@ def set_aside(run_folder: str | os.PathLike) -> Path:
     return target
 
 
-def stale_runs(experiment_dir: str | os.PathLike, cfg: ExperimentConfig) -> list[tuple[Path, list[str]]]:
-    """``(folder, changed keys)`` of the experiment's finished runs that trained otherwise than ``cfg``."""
+def stale_runs(experiment_dir: str | os.PathLike, cfg: ExperimentConfig, runs: Iterable[int] | None = None,
+               preprocessing_now: str | None = None) -> list[tuple[Path, list[str]]]:
+    """``(folder, changed keys)`` of the experiment's finished runs (of ``runs``, default all) that
+    trained otherwise than ``cfg`` (:func:`trained_otherwise`)."""
     found = []
-    for _, d in run_dirs(experiment_dir) if Path(experiment_dir).is_dir() else []:
-        summary = read_summary(d)
-        changed = trained_otherwise(summary, cfg) if summary is not None else []
+    wanted = None if runs is None else set(runs)
+    for number, d in run_dirs(experiment_dir) if Path(experiment_dir).is_dir() else []:
+        summary = read_summary(d) if wanted is None or number in wanted else None
+        changed = trained_otherwise(summary, cfg, preprocessing_now) if summary is not None else []
         if changed:
             found.append((d, changed))
     return found
 
 
-def set_aside_stale(experiment_dir: str | os.PathLike, cfg: ExperimentConfig) -> list[tuple[Path, Path, list[str]]]:
-    """Before ``cfg`` replaces an experiment's configuration: rename each finished run trained otherwise
-    (:func:`stale_runs`) to ``run<R>.former*`` (:func:`set_aside`), so its results are neither labelled
-    with ``cfg`` nor counted as done, and nothing is deleted. Returns ``(folder, new folder, changed
-    keys)`` for each. Unfinished runs stay: a process may still be training them, and their checkpoint is
-    refused when resumed under ``cfg``."""
-    return [(d, set_aside(d), changed) for d, changed in stale_runs(experiment_dir, cfg)]
+def set_aside_stale(experiment_dir: str | os.PathLike, cfg: ExperimentConfig,
+                    runs: Iterable[int] | None = None) -> list[tuple[Path, Path, list[str]]]:
+    """Before ``cfg`` replaces an experiment's configuration (or its runs are trained again): rename
+    each finished run (of ``runs``, default all) trained otherwise (:func:`stale_runs`) to
+    ``run<R>.former*`` (:func:`set_aside`), so its results are neither labelled with ``cfg`` nor
+    counted as done, and nothing is deleted. Returns ``(folder, new folder, changed keys)`` for each.
+    Unfinished runs stay: a process may still be training them, and their checkpoint is refused when
+    resumed under ``cfg``."""
+    return [(d, set_aside(d), changed) for d, changed in stale_runs(experiment_dir, cfg, runs)]
 
 
 def set_aside_line(folder: str, target: Path, changed: list[str]) -> str:
@@ -189,6 +195,8 @@ def aggregate_runs(experiment_dir: str | os.PathLike) -> pd.DataFrame | None:
     frames = []
     for number, d in run_dirs(experiment_dir):
         summary = read_summary(d)
+        if summary is None and (d / "summary.json").exists():
+            log.warning("%s: left out of summary.csv: its summary.json cannot be read", d)
         if summary is not None and (d / "metrics.csv").is_file():
             changed = trained_otherwise(summary, cfg) if cfg is not None else []
             if changed:

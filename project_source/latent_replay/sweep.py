@@ -23,9 +23,11 @@ The sweep folder (``out``)::
     logs/<job>_<task>.out   the output of each attempt (Slurm: ``%A_%a``; local: ``local-<pid>_<task>``)
     <experiment>/           exp_configuration.json, run_experiment.sh, run<R>/ (the trainer's results)
 
-A task is *finished* when its ``summary.json`` exists, *running* / *pending* while Slurm lists it (or,
-for local runs, while its process lives), *failed* when it ended with a non-zero exit code or was
-started and disappeared without a summary, and *missing* when it never started.
+A task is *finished* when its ``summary.json`` exists (and records the experiment's training settings),
+*running* / *pending* while Slurm lists it (or, for local runs, while its process lives), *failed* when
+it ended with a non-zero exit code or was started and disappeared without a summary, and *missing* when
+it never started, or finished with other settings than its experiment's config (submitting it sets
+that run aside first).
 """
 from __future__ import annotations
 
@@ -977,26 +979,24 @@ def _batches_done(run_dir: Path) -> int:
 
 def task_status(sweep_dir: Path, task: Task, state: Optional[dict], queued: Optional[dict],
                 config: Optional[ExperimentConfig] = None) -> TaskStatus:
-    """Where a task stands. With the experiment's ``config``, a run that finished with another one counts
-    as missing (writing the sweep sets its folder aside, :func:`~latent_replay.results.set_aside_stale`)."""
+    """Where a task stands. With the experiment's ``config``, a run that finished with another one is not
+    finished: missing unless Slurm lists the task (submitting it sets the old run aside: :func:`write_sweep`,
+    :func:`set_aside_selected`)."""
     run_dir = Path(sweep_dir) / task.experiment / f"run{task.run}"
     st = TaskStatus(task.index, task.experiment, task.run, "missing", batches=_batches_done(run_dir))
     if state:
         st.job, st.log = state.get("job", ""), state.get("log", "")
         if state.get("exit", "").lstrip("-").isdigit():
             st.exit = int(state["exit"])
+    stale = []
     if (run_dir / "summary.json").is_file():
         summary = read_summary(run_dir) or {}
-        changed = trained_otherwise(summary, config) if config is not None else []
-        if changed:
-            st.batches = 0
-            st.detail = (f"finished with another configuration (changed: {', '.join(changed)}); set aside "
-                         "when the sweep is submitted again")
+        stale = trained_otherwise(summary, config) if config is not None else []
+        if not stale:
+            st.state = "finished"
+            acc = summary.get("final_accuracy")
+            st.detail = f"final accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
             return st
-        st.state = "finished"
-        acc = summary.get("final_accuracy")
-        st.detail = f"final accuracy {acc:.4f}" if isinstance(acc, (int, float)) else ""
-        return st
     q = queued.get(task.index) if queued else None
     ended = state is not None and "ended" in state
     # a task that ended may linger in squeue as its own job while Slurm finishes it: its state file
@@ -1008,6 +1008,11 @@ def task_status(sweep_dir: Path, task: Task, state: Optional[dict], queued: Opti
         if state is None or state.get("job") != q[0] or ended:   # the state file is of an earlier attempt
             st.log, st.exit = "", None
         st.job = q[0]
+        return st
+    if stale:   # its state file, if any, is of the attempt that finished
+        st.batches, st.exit, st.log = 0, None, ""
+        st.detail = (f"finished with another configuration than its experiment's (changed: {', '.join(stale)}); "
+                     "submitting it sets that run aside and trains it again")
         return st
     if state is None:
         return st
@@ -1035,17 +1040,35 @@ def task_status(sweep_dir: Path, task: Task, state: Optional[dict], queued: Opti
     return st
 
 
+def _saved_configs(sweep_dir: Path, tasks: Sequence[Task]) -> dict[str, Optional[ExperimentConfig]]:
+    """The saved config of each experiment of ``tasks`` (None where it cannot be read)."""
+    configs = {}
+    for name in {t.experiment for t in tasks}:
+        try:
+            configs[name] = ExperimentConfig.load(Path(sweep_dir) / name / launch.CONFIG_FILE)
+        except ConfigError:
+            configs[name] = None
+    return configs
+
+
 def collect_status(sweep_dir: Path) -> list[TaskStatus]:
     sweep_dir = Path(sweep_dir)
     tasks = read_tasks(sweep_dir)
     queued = squeue_tasks(read_submissions(sweep_dir))
-    configs = {}
-    for name in {t.experiment for t in tasks}:
-        try:
-            configs[name] = ExperimentConfig.load(sweep_dir / name / launch.CONFIG_FILE)
-        except ConfigError:
-            configs[name] = None
+    configs = _saved_configs(sweep_dir, tasks)
     return [task_status(sweep_dir, t, read_state(sweep_dir, t.index), queued, configs[t.experiment]) for t in tasks]
+
+
+def set_aside_selected(sweep_dir: Path, tasks: Sequence[Task], selected: Sequence[int],
+                       configs: dict[str, Optional[ExperimentConfig]], echo: Callable[[str], None]) -> None:
+    """Before the ``selected`` tasks are submitted: set aside the finished runs among them that trained
+    otherwise than their experiment's config (the trainer would refuse them), saying so."""
+    chosen = set(selected)
+    for t in tasks:
+        cfg = configs.get(t.experiment)
+        if t.index in chosen and cfg is not None:
+            for folder, target, changed in set_aside_stale(Path(sweep_dir) / t.experiment, cfg, [t.run]):
+                echo(f"  {set_aside_line(_display(folder), target, changed)}")
 
 
 def count_states(statuses: Sequence[TaskStatus]) -> dict[str, int]:
@@ -1253,23 +1276,23 @@ def run_sweep(sweep_file: str | os.PathLike, *, launcher: str = "slurm", contain
     if selected and launcher == "slurm" and shutil.which("sbatch") is None:
         raise SweepError("sbatch not found: submit from a Slurm login node, or use --launcher local (or --dry-run "
                          "to see the script)")
-    for folder, target, changed in write_sweep(expansion, tasks, script, launcher):
-        echo(f"  {set_aside_line(_display(folder), target, changed)}")
+    write_sweep(expansion, tasks, script, launcher, echo)
     return _launch(sweep.out, selected, tasks, launcher, sweep.slurm, sweep.device, echo)
 
 
-def write_sweep(expansion: Expansion, tasks: Sequence[Task], script: str,
-                launcher: str) -> list[tuple[Path, Path, list[str]]]:
-    """Write the experiments and the sweep's files; returns the finished runs set aside because their
-    experiment's configuration changed (:func:`~latent_replay.results.set_aside_stale`)."""
+def write_sweep(expansion: Expansion, tasks: Sequence[Task], script: str, launcher: str,
+                echo: Callable[[str], None] = click.echo) -> None:
+    """Write the experiments and the sweep's files, saying which finished runs were set aside because
+    their experiment's configuration changed (:func:`~latent_replay.results.set_aside_stale`), as it goes."""
     sweep = expansion.sweep
-    set_aside = []
     for p in expansion.experiments:
         if sweep.container == "apptainer":   # prepare_experiment.py has no apptainer run script
-            set_aside += set_aside_stale(p.plan.experiment_dir, p.plan.config)
+            set_aside = set_aside_stale(p.plan.experiment_dir, p.plan.config)
             p.plan.config.save(p.plan.config_path)
         else:
-            set_aside += launch.write_plan(p.plan)
+            set_aside = launch.write_plan(p.plan)
+        for folder, target, changed in set_aside:
+            echo(f"  {set_aside_line(_display(folder), target, changed)}")
     (sweep.out / LOG_DIR).mkdir(parents=True, exist_ok=True)
     (sweep.out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     data = sweep.to_dict()
@@ -1279,7 +1302,6 @@ def write_sweep(expansion: Expansion, tasks: Sequence[Task], script: str,
     atomic_write_text(sweep.out / TASKS_FILE, tasks_text(tasks))
     atomic_write_text(sweep.out / SCRIPT, script)
     os.chmod(sweep.out / SCRIPT, 0o755)
-    return set_aside
 
 
 def _echo_plan(sweep_dir: Path, selected: Sequence[int], tasks: Sequence[Task], launcher: str, sweep: Sweep,
@@ -1324,8 +1346,10 @@ def resubmit(sweep_dir: str | os.PathLike, *, launcher: Optional[str] = None, dr
     device = data.get("device", "auto")
     if not (sweep_dir / SCRIPT).is_file():
         raise SweepError(f"{sweep_dir}: {SCRIPT} is missing (run latent-replay sweep SWEEP_FILE again)")
-    statuses = collect_status(sweep_dir)
     tasks = read_tasks(sweep_dir)
+    configs = _saved_configs(sweep_dir, tasks)
+    queued = squeue_tasks(read_submissions(sweep_dir))
+    statuses = [task_status(sweep_dir, t, read_state(sweep_dir, t.index), queued, configs[t.experiment]) for t in tasks]
     selected = _select(statuses)
     counts = count_states(statuses)
     echo(f"sweep {_display(sweep_dir)}: " + ", ".join(f"{counts[s]} {s}" for s in STATES) +
@@ -1337,6 +1361,7 @@ def resubmit(sweep_dir: str | os.PathLike, *, launcher: Optional[str] = None, dr
         elif selected:
             echo(f"would run {len(selected)} task(s) here: {array_spec(selected)}")
         return 0
+    set_aside_selected(sweep_dir, tasks, selected, configs, echo)
     return _launch(sweep_dir, selected, tasks, launcher, slurm, device, echo)
 
 
@@ -1373,7 +1398,8 @@ def sweep_command():
 @click.option("--dry-run", is_flag=True, help="Check and print the expansion, the script and the sbatch command; "
                                               "write and submit nothing.")
 @click.option("--force", is_flag=True, help="Replace the configuration of experiments prepared before with "
-                                            "different settings (their finished runs are kept).")
+                                            "different settings (their finished runs trained otherwise are set aside as "
+                                            "run<R>.former and trained again).")
 def sweep_run(sweep_file, launcher, container, out, dry_run, force):
     """Expand SWEEP_FILE (JSON, or YAML with PyYAML) and submit its unfinished tasks."""
     run_sweep(sweep_file, launcher=launcher, container=container, out=out, dry_run=dry_run, force=force)

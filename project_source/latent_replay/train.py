@@ -582,7 +582,7 @@ class RunTrainer:
     def state(self) -> dict:
         return {
             "format": "latent-replay-run-checkpoint", "version": __version__, "config": self.cfg.to_dict(),
-            "fidelity": self.cfg.describe_fidelity(),
+            "fidelity": self.cfg.describe_fidelity(), "preprocessing": self.preprocessing,
             "run": self.run, "batches_done": self.batches_done, "global_iter": self.global_iter,
             "rows": self.rows, "seen": sorted(self.seen), "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
@@ -611,11 +611,13 @@ class RunTrainer:
             raise ConfigError(f"{path}: not a run checkpoint of this suite")
         # the config keeps only the overrides of its profile: compare every switch in force too, so a
         # default changed between versions cannot change a run halfway
-        changed = self.cfg.trained_otherwise(state["config"], state.get("fidelity"))
+        changed = self.cfg.trained_otherwise(state["config"], state.get("fidelity"), state.get("preprocessing"),
+                                             self.preprocessing)
         if changed:
+            why = "; a fidelity.* default may have changed between versions" \
+                if any(k.startswith("fidelity.") for k in changed) else ""
             raise ConfigError(f"{path}: the checkpoint was written with another configuration (changed: "
-                              f"{', '.join(changed)}; a fidelity.* default may have changed between versions): "
-                              "use --force to start the run again")
+                              f"{', '.join(changed)}{why}): use --force to start the run again")
         if "fidelity" not in state:
             log.warning("%s: written before checkpoints recorded every fidelity switch; resuming with the "
                         "switches in force now (AR1*'s importance_from default changed to 'updates')", path)
@@ -727,10 +729,13 @@ class Trainer:
         self.experiment_dir = Path(cfg.out) / cfg.experiment_name
 
     def _check_weights(self) -> None:
+        """Check the weights file and resolve the preprocessing the runs will use (``self.preprocessing``)."""
+        self.preprocessing = resolve_preprocessing(self.cfg.preprocessing, {})
         if self.cfg.weights is None:
             return
         probe = MobileNetV1(fc_bias=self.cfg.fidelity.classifier_bias)
         info = load_weights(probe, self.cfg.weights)
+        self.preprocessing = resolve_preprocessing(self.cfg.preprocessing, info)
         if self.cfg.preprocessing == "auto":
             log.info("preprocessing: %s, as the weights %s expect", resolve_preprocessing("auto", info),
                      self.cfg.weights)
@@ -745,26 +750,27 @@ class Trainer:
         which ``run_experiment.sh`` points at), ``--runs``, ``--device`` and ``--out`` must not narrow
         or change it for later calls: it is kept, with any new runs appended to its ``runs``. Where
         it differs in an execution key too (changed in the config file), this config is written, with
-        the saved runs kept and the new ones appended."""
+        the saved runs kept and the new ones appended. Nothing is written when a refusal (other
+        results, stale runs) stops the call."""
         path = self.experiment_dir / CONFIG_FILE
-        cfg = self.cfg
+        cfg, saved = self.cfg, None
         if path.is_file():
             try:
                 saved = ExperimentConfig.load(path)
             except ConfigError:
                 saved = None
-            if saved is not None:
-                old, new = saved.to_dict(), cfg.to_dict()
-                old_identity, new_identity = _identity(old), _identity(new)
-                if old_identity != new_identity:
-                    self._refuse_other_results(path, old_identity, new_identity, force)
-                else:
-                    runs = list(saved.runs) + [r for r in cfg.runs if r not in saved.runs]
-                    if _without(old, CLI_OVERRIDES) == _without(new, CLI_OVERRIDES):
-                        if runs != list(saved.runs):
-                            saved.replace(runs=runs).save(path)
-                        return
-                    cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
+        same = saved is not None and _identity(saved.to_dict()) == _identity(cfg.to_dict())
+        if saved is not None and not same:
+            self._refuse_other_results(path, _identity(saved.to_dict()), _identity(cfg.to_dict()), force)
+        if not force:
+            self._refuse_stale_runs()
+        if same:
+            runs = list(saved.runs) + [r for r in cfg.runs if r not in saved.runs]
+            if _without(saved.to_dict(), CLI_OVERRIDES) == _without(cfg.to_dict(), CLI_OVERRIDES):
+                if runs != list(saved.runs):
+                    saved.replace(runs=runs).save(path)
+                return
+            cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
         cfg.save(path)
 
     def _refuse_other_results(self, path: Path, old: dict, new: dict, force: bool) -> None:
@@ -789,25 +795,22 @@ class Trainer:
                         "figures leave them out", self.experiment_dir, ", ".join(others), ", ".join(changed))
 
     def _refuse_stale_runs(self) -> None:
-        """A run to train that finished with another configuration than the experiment's (its config file
-        edited since, or replaced by an older version of the suite) is not done: refused, naming it, so
-        neither its results get this configuration's label nor does it get skipped as finished."""
-        listed = {run_dir(self.cfg.out, self.cfg.experiment_name, r) for r in self.cfg.runs}
-        stale = [(d, changed) for d, changed in stale_runs(self.experiment_dir, self.cfg) if d in listed]
+        """A run to train that finished with another configuration than this one (the experiment's config
+        file edited since, or a default changed by a later version of the suite) is not done: refused,
+        naming it, so its results neither get this configuration's label nor count as finished."""
+        stale = stale_runs(self.experiment_dir, self.cfg, self.cfg.runs, self.preprocessing)
         if stale:
             d, changed = stale[0]
             more = f" (and {', '.join(x.name for x, _ in stale[1:])})" if len(stale) > 1 else ""
-            raise ConfigError(f"{d}{more}: finished with another configuration than {self.experiment_dir / CONFIG_FILE} "
-                              f"(changed: {', '.join(changed)}); use --force to train it again, or prepare the "
-                              "experiment again with --force, which sets such runs aside")
+            raise ConfigError(f"{d}{more}: finished with another configuration than this one (changed: "
+                              f"{', '.join(changed)}); use --force to train it again, or prepare the experiment "
+                              "again with --force, which sets such runs aside")
 
     def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
         self._record_config(force)
         if force:   # the runs it lists are trained again: an interrupted call must not leave it behind
             (self.experiment_dir / "summary.csv").unlink(missing_ok=True)
-        else:
-            self._refuse_stale_runs()
         summaries = []
         for r in self.cfg.runs:
             d = run_dir(self.cfg.out, self.cfg.experiment_name, r)
