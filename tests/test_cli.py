@@ -109,6 +109,19 @@ def test_synth_command_and_demo(tmp_path, monkeypatch):
                "as run0.former" in third.stdout
         assert len((out / "results" / name / "run0" / "metrics.csv").read_text().splitlines()) == 1 + 2
         assert len((out / "results" / name / "run0.former" / "metrics.csv").read_text().splitlines()) == 1 + 3
+    # an unfinished run whose checkpoint an older version wrote under a default changed since: set aside too
+    import torch
+
+    run0 = out / "results" / "ar1free_nicv2_391_latent_conv5_4dw_m300" / "run0"
+    state = torch.load(run0 / "checkpoint.pt", weights_only=False)
+    state["fidelity"]["lower_drift"] = True
+    torch.save(state, run0 / "checkpoint.pt")
+    (run0 / "summary.json").unlink()
+    fourth = run("demo", "--out", out)
+    assert fourth.exit_code == 0, fourth.output
+    assert (f"{run0} was trained with another configuration (changed: fidelity.lower_drift): set aside as "
+            "run0.former2") in fourth.stdout
+    assert (run0 / "summary.json").is_file() and not (run0.parent / "run0.former2" / "summary.json").exists()
 
 
 def test_training_does_not_load_pandas():

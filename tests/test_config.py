@@ -179,3 +179,24 @@ def test_what_counts_as_training_otherwise():
     explicit = cfg.replace(fidelity=dataclasses.replace(cfg.fidelity, importance_from="gradients"))
     assert explicit.trained_otherwise(rec, in_force) == []
     assert explicit.trained_otherwise(rec) == ["fidelity"]          # without the switches in force: the overrides
+
+
+def test_only_switches_that_can_change_an_experiment_are_compared():
+    """A summary written before a switch existed lacks it (read as today's default); a switch of another
+    method or replay (AR1*'s importance for a naive run) does not make results another experiment's."""
+    for method, replay, ignored in (("naive", "none", {"importance_from", "cwr_mean_shift", "stored_latents"}),
+                                    ("ar1", "native", {"stored_latents", "lower_drift", "replay_when_none"}),
+                                    ("ar1free", "latent", {"importance_from", "ar1_as_ar1free", "replay_when_none"}),
+                                    ("joint", "none", {"replay_when_none", "cwr_count_memory"})):
+        cfg = ExperimentConfig(method=method, replay=replay)
+        assert not cfg.switches_in_effect() & ignored
+        in_force = json.loads(json.dumps(cfg.describe_fidelity()))
+        old = {k: v for k, v in in_force.items() if k not in ("cwr_mean_shift", "cwr_count_memory")}
+        assert cfg.trained_otherwise(cfg.to_dict(), old) == []
+        other = {**in_force, **{k: ("gradients" if k == "importance_from" else "train_epoch0" if k == "stored_latents"
+                                    else "per_feature" if k == "cwr_mean_shift" else not in_force[k])
+                                for k in ignored}}
+        assert cfg.trained_otherwise(cfg.to_dict(), other) == []
+    ar1 = ExperimentConfig(method="ar1", replay="native")
+    assert ar1.trained_otherwise(ar1.to_dict(), {**ar1.describe_fidelity(), "cwr_count_memory": False}) == \
+        ["fidelity.cwr_count_memory"]

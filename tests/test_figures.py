@@ -123,10 +123,12 @@ def test_runs_trained_with_another_configuration_are_left_out(tmp_path):
     exp = write_experiment(tmp_path, "x", {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8})
     config = ExperimentConfig.load(exp / CONFIG_FILE).to_dict()
     in_force = ExperimentConfig.load(exp / CONFIG_FILE).describe_fidelity()
+    assert ExperimentConfig.load(exp / CONFIG_FILE).method != "ar1"
     for run, changes, extra in ((0, {}, {"fidelity": in_force, "preprocessing": "caffe"}),
                                 (1, {"lr": 0.5, "epochs": 1.0}, {}),
                                 (2, {"dataset_root": "/data", "device": "cuda"}, {}),
-                                (4, {}, {"fidelity": {**in_force, "importance_from": "gradients"}}),
+                                (4, {}, {"fidelity": {**in_force, "classifier_bias": True}}),
+                                (6, {}, {"fidelity": {**in_force, "importance_from": "gradients"}}),  # AR1* only
                                 (5, {}, {"preprocessing": "imagenet"})):
         if run > 3:
             write_run(exp, run, [0.1, 0.2, 0.3, 0.4])
@@ -134,10 +136,10 @@ def test_runs_trained_with_another_configuration_are_left_out(tmp_path):
         write_json(exp / f"run{run}" / "summary.json", {**summary, "config": {**config, **changes}, **extra})
     notes = []
     (e,) = F.load_experiments([tmp_path], notes)
-    assert [r.number for r in e.runs] == [0, 2, 3]
+    assert [r.number for r in e.runs] == [0, 2, 3, 6]
     assert e.left_out == ["run1: trained with another configuration than the experiment's (changed: epochs, lr)",
                           "run4: trained with another configuration than the experiment's "
-                          "(changed: fidelity.importance_from)",
+                          "(changed: fidelity.classifier_bias)",
                           "run5: trained with another configuration than the experiment's (changed: preprocessing)"]
     assert f"{exp}: run1: trained with another configuration than the experiment's (changed: epochs, lr); left out" in notes
 

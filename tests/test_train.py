@@ -605,6 +605,14 @@ def test_finished_runs_of_another_configuration_are_neither_skipped_nor_averaged
     assert (summary["runs"] == 1).all()
     assert summary["test_accuracy_mean"].tolist() == pytest.approx(run0["test_accuracy"].tolist(), abs=1e-6)
     assert json.loads((exp / "run0" / "summary.json").read_text())["config"]["lr"] == 0.05
+    # what preprocessing 'auto' resolves to comes from the weights: the trainer names it and the way out
+    summary = json.loads((exp / "run0" / "summary.json").read_text())
+    (exp / "run0" / "summary.json").write_text(json.dumps({**summary, "preprocessing": "imagenet"}))
+    with pytest.raises(ConfigError, match=rf"^{exp / 'run0'}: finished with imagenet preprocessing, but this "
+                                          r"configuration's \(auto, weights None\) is caffe; set preprocessing to "
+                                          r"imagenet to keep it, or use --force to train it again$"):
+        Trainer(edited.replace(runs=[0]), progress=False).run_all()
+    (exp / "run0" / "summary.json").write_text(json.dumps(summary))
     # nothing trained with it: no summary.csv (not the former one)
     edited.replace(lr=0.5).save(exp / "exp_configuration.json")
     from latent_replay.results import aggregate_runs

@@ -474,6 +474,20 @@ class ExperimentConfig:
         """Every switch in force (for logs and result summaries)."""
         return dataclasses.asdict(self.fidelity)
 
+    def switches_in_effect(self) -> set[str]:
+        """The fidelity switches that can change what this experiment computes. Only these are compared
+        between recorded results and a config: an AR1* switch does not make a naive run another one."""
+        names = {f.name for f in fields(Fidelity)}
+        if self.replay != "none" or self.method == "joint":
+            names.discard("replay_when_none")
+        if self.method != "ar1":
+            names -= {"ar1_as_ar1free", "importance_from"}
+        if not self.uses_cwr_head:
+            names -= {"cwr_mean_shift", "cwr_count_memory"}
+        if not self.uses_latent:
+            names -= {"stored_latents", "lower_drift"}
+        return names
+
     def known_preprocessing(self) -> str | None:
         """The preprocessing in force when known without loading the weights: the configured one, or
         ``caffe`` for ``auto`` without weights (random initial weights); None for ``auto`` with weights."""
@@ -489,19 +503,24 @@ class ExperimentConfig:
         preprocessing is ``preprocessing_now`` (default: :meth:`known_preprocessing`): the keys of
         :func:`training_changes`, ``fidelity.<switch>``, ``preprocessing``; empty when the same.
 
-        ``config`` is read with today's defaults for keys it lacks (added since it was written); a key
-        since removed makes it differ. The switches in force are compared one by one: a default changed
-        since shows (those results trained otherwise than this config now means), and a switch set
-        explicitly to what was then the default matches."""
+        ``config`` is read with today's defaults for keys it lacks (added since it was written), and so
+        are switches ``fidelity`` lacks; a key since removed makes it differ. The switches in force that
+        can change this experiment (:meth:`switches_in_effect`) are compared one by one: a default
+        changed since shows (those results trained otherwise than this config now means), and a switch
+        set explicitly to what was then the default matches."""
         try:
-            config = ExperimentConfig.from_dict(config, "recorded configuration").to_dict()
+            recorded = ExperimentConfig.from_dict(config, "recorded configuration")
         except ConfigError:       # a key since removed, or a value no longer valid: compare as written
-            pass
+            recorded = None
+        else:
+            config = recorded.to_dict()
         changed = training_changes(config, self.to_dict())
         if isinstance(fidelity, dict):     # the switches in force say more than the profile's overrides
+            if recorded is not None:       # a switch added since: what the recorded config means today
+                fidelity = {**recorded.describe_fidelity(), **fidelity}
             now = self.describe_fidelity()
             changed = [k for k in changed if k != "fidelity"]
-            changed += [f"fidelity.{k}" for k in fidelity.keys() | now.keys() if fidelity.get(k) != now.get(k)]
+            changed += [f"fidelity.{k}" for k in self.switches_in_effect() if fidelity.get(k) != now.get(k)]
         now = preprocessing_now or self.known_preprocessing()
         if preprocessing and now and preprocessing != now and "preprocessing" not in changed:
             changed.append("preprocessing")

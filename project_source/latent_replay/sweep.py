@@ -1287,8 +1287,8 @@ def write_sweep(expansion: Expansion, tasks: Sequence[Task], script: str, launch
     sweep = expansion.sweep
     for p in expansion.experiments:
         if sweep.container == "apptainer":   # prepare_experiment.py has no apptainer run script
-            set_aside = set_aside_stale(p.plan.experiment_dir, p.plan.config)
             p.plan.config.save(p.plan.config_path)
+            set_aside = set_aside_stale(p.plan.experiment_dir, p.plan.config)
         else:
             set_aside = launch.write_plan(p.plan)
         for folder, target, changed in set_aside:

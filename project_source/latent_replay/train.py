@@ -40,7 +40,8 @@ from .methods import DECAY_MULTS, make_method
 from .models import BRNConfig, MobileNetV1, param_names_by_kind, recompute_bn_relu, split
 from .models.weights import load_weights
 from .replay import ReplayMemory, choose_update
-from .results import CONFIG_FILE, aggregate_runs, run_dir, run_dirs, stale_runs, write_json, write_metrics
+from .results import (CONFIG_FILE, aggregate_runs, read_summary, run_dir, run_dirs, stale_runs, write_json,
+                      write_metrics)
 from .rowfile import RowFile
 from .utils import release_free_memory
 
@@ -118,6 +119,14 @@ def plan_batch(n_new: int, n_mem: int, *, minibatch: int, epochs: float, pad: bo
     new_order = new_idx[perm(len(new_idx))]
     mem_order = mem_idx[perm(len(mem_idx))] if n_mem else mem_idx
     return Schedule(k_new, k_mem, per_epoch, max(1, int(round(epochs * per_epoch))), new_order, mem_order)
+
+
+class StaleCheckpoint(ConfigError):
+    """A run checkpoint (``path``) written under other training settings (``changed``) than the config."""
+
+    def __init__(self, message: str, path: Path, changed: list[str]):
+        super().__init__(message)
+        self.path, self.changed = path, changed
 
 
 def resolve_preprocessing(preprocessing: str, weights_info: dict) -> str:
@@ -616,8 +625,8 @@ class RunTrainer:
         if changed:
             why = "; a fidelity.* default may have changed between versions" \
                 if any(k.startswith("fidelity.") for k in changed) else ""
-            raise ConfigError(f"{path}: the checkpoint was written with another configuration (changed: "
-                              f"{', '.join(changed)}{why}): use --force to start the run again")
+            raise StaleCheckpoint(f"{path}: the checkpoint was written with another configuration (changed: "
+                                  f"{', '.join(changed)}{why}): use --force to start the run again", path, changed)
         if "fidelity" not in state:
             log.warning("%s: written before checkpoints recorded every fidelity switch; resuming with the "
                         "switches in force now (AR1*'s importance_from default changed to 'updates')", path)
@@ -799,12 +808,18 @@ class Trainer:
         file edited since, or a default changed by a later version of the suite) is not done: refused,
         naming it, so its results neither get this configuration's label nor count as finished."""
         stale = stale_runs(self.experiment_dir, self.cfg, self.cfg.runs, self.preprocessing)
-        if stale:
-            d, changed = stale[0]
-            more = f" (and {', '.join(x.name for x, _ in stale[1:])})" if len(stale) > 1 else ""
-            raise ConfigError(f"{d}{more}: finished with another configuration than this one (changed: "
-                              f"{', '.join(changed)}); use --force to train it again, or prepare the experiment "
-                              "again with --force, which sets such runs aside")
+        if not stale:
+            return
+        d, changed = stale[0]
+        more = f" (and {', '.join(x.name for x, _ in stale[1:])})" if len(stale) > 1 else ""
+        if changed == ["preprocessing"]:   # 'auto' now resolves otherwise: only the weights tell, so say it here
+            used = (read_summary(d) or {}).get("preprocessing")
+            raise ConfigError(f"{d}{more}: finished with {used} preprocessing, but this configuration's "
+                              f"({self.cfg.preprocessing}, weights {self.cfg.weights}) is {self.preprocessing}; "
+                              f"set preprocessing to {used} to keep it, or use --force to train it again")
+        raise ConfigError(f"{d}{more}: finished with another configuration than this one (changed: "
+                          f"{', '.join(changed)}); use --force to train it again, or prepare the experiment "
+                          "again with --force, which sets such runs aside")
 
     def run_all(self, *, force: bool = False, stop_after: int | None = None) -> list[dict]:
         self.experiment_dir.mkdir(parents=True, exist_ok=True)
