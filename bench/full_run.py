@@ -59,6 +59,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny sizes for smoke tests (numbers meaningless)")
     ap.add_argument("--work-dir", default=None, help="keep the rendered stream here (default: a temp dir)")
     ap.add_argument("--out", default=None, help="also write the JSON to this file")
+    ap.add_argument("--tf32", action="store_true", help="cuda_reproducible: false (TF32 and cuDNN's autotuner; "
+                    "default: IEEE float32, deterministic algorithms)")
     args = ap.parse_args(argv)
     if args.quick:
         for k, v in QUICK.items():
@@ -90,7 +92,8 @@ def main(argv=None) -> dict:
         cfg = ExperimentConfig(method="ar1free", scenario=391, replay="latent", latent_layer=args.latent_layer,
                                replay_memory=args.memory, runs=[0], epochs=args.epochs, epochs_first_batch=args.epochs,
                                device=args.device, seed=args.seed, dataset_root=str(work), filelists=str(work),
-                               out=str(work), checkpoint_every=FULL_BATCHES + 1)   # one checkpoint, at the end
+                               out=str(work), checkpoint_every=FULL_BATCHES + 1,   # one checkpoint, at the end
+                               cuda_reproducible=not args.tf32)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t1 = time.perf_counter()
@@ -104,7 +107,7 @@ def main(argv=None) -> dict:
     out = {
         "benchmark": "full_run_nicv2_391",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "cuda_reproducible": cfg.cuda_reproducible,
         "experiment": {"method": "ar1free", "replay": "latent", "latent_layer": args.latent_layer,
                        "memory": args.memory, "epochs": args.epochs, "minibatch": cfg.minibatch, "size": args.size},
         "incremental_batches": args.batches,

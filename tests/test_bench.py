@@ -89,6 +89,7 @@ def test_bench_model_counts_and_fields():
 def test_full_run_quick_reports_and_extrapolates(tmp_path):
     out = _run("full_run.py", "--quick", "--device", "cpu", "--threads", "1", "--work-dir", str(tmp_path))
     assert out["device"] == "cpu" and out["incremental_batches"] == 2 and out["full_run_extrapolated"]
+    assert out["cuda_reproducible"] is True
     assert out["train_seconds"] == pytest.approx(out["first_batch_train_seconds"]
                                                  + 2 * out["incremental_train_seconds_median"], abs=0.02)
     assert out["full_run_train_seconds"] == pytest.approx(

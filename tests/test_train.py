@@ -175,7 +175,11 @@ def test_checkpoint_every_resumes_from_the_last_checkpoint(tiny, tmp_path, monke
         Trainer(cfg2, progress=False).run_all()
     assert len(pd.read_csv(d / "metrics.csv").query("kind == 'batch'")) == 2   # batch 2's stale row is gone
     monkeypatch.setattr(RunTrainer, "train_batch", real)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: (loads.append(kw.get("map_location")), real_load(*a, **kw))[1])
     Trainer(cfg2, progress=False).run_all()
+    assert loads == ["cpu"]     # every part moves what it keeps to its device (a GPU's numpy-bound tensors)
     assert saved == [2, 4, 5]   # every second batch and the last one
     cols = ["batch", "iteration", "test_accuracy", "train_loss", "train_accuracy", "memory_patterns", "memory_bytes"]
     a = pd.read_csv(tmp_path / "results" / cfg.experiment_name / "run0" / "metrics.csv")[cols]
@@ -715,3 +719,22 @@ def test_batch0_is_evaluated_before_the_memory_pass_and_timed_once(tiny, tmp_pat
     assert batch["memory_patterns"] == len(rt.memory) > 0 and batch["memory_bytes"] == rt.memory.nbytes
     counted = sum(r["train_seconds"] + r["eval_seconds"] for r in rt.rows)
     assert counted <= wall + 0.05 and counted > wall - 0.3
+
+
+def test_cuda_numerics_switch_sets_the_backends():
+    """cuda_reproducible (applied when a run's device is CUDA): IEEE float32 and deterministic cuDNN
+    algorithms, or TF32 and the autotuner. The flags are process-wide; checked here without a GPU."""
+    from latent_replay.utils import configure_cuda
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark)
+    try:
+        assert ExperimentConfig().cuda_reproducible is True
+        configure_cuda(True)
+        assert (cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark) == \
+            ("ieee", "ieee", True, False)
+        configure_cuda(False)
+        assert (cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark) == \
+            ("tf32", "tf32", False, True)
+    finally:
+        cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark = before

@@ -39,7 +39,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: (each keeps the metrics) and the checkpoint cadence. A run may resume with other values of these,
 #: and figures do not tell experiments apart by them.
 EXECUTION_KEYS = ("precompute_lower", "cache_test_latents", "test_latents_in_file", "channels_last",
-                  "recompute_bn_relu", "inference_chunk", "release_memory", "checkpoint_every")
+                  "recompute_bn_relu", "inference_chunk", "release_memory", "checkpoint_every",
+                  "cuda_reproducible")
 
 #: Config keys that may change between an interrupted run and its resumption (they do not change what a
 #: run computes, or only how far it goes).
@@ -283,6 +284,12 @@ class ExperimentConfig:
     #: Return freed heap memory to the kernel (glibc malloc_trim) after batch 0 and after building the
     #: test-latent cache, so incremental batches do not keep batch 0's activation memory resident.
     release_memory: bool = True
+    #: On a CUDA device: IEEE float32 convolutions and matrix products (no TF32, which PyTorch allows in
+    #: cuDNN convolutions by default and which reads 10 bits of mantissa) and deterministic cuDNN
+    #: algorithms, so a run repeats and resumes to the same metrics and stays close to the CPU's. Off:
+    #: TF32 and cuDNN's autotuner, faster on Ampere and later GPUs, metrics differ in more than the last
+    #: bits. No effect on the CPU.
+    cuda_reproducible: bool = True
     #: Write the run checkpoint after every N-th batch (and after the last). 1 = after every batch; a
     #: checkpoint of latent replay at conv5_4/dw is ~230 MB, ~0.5 s to write here, which on a GPU is
     #: more than a whole incremental batch. An interrupted run resumes from the last checkpoint.

@@ -322,18 +322,25 @@ class _Run:
             accs.append(correct / max(1, len(y)))
         return np.asarray(accs)
 
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def run(self, bar=None) -> RunResult:
         T = len(self.stream)
         result = RunResult(self.spec, np.zeros((T, T)), self.s.seed)
         for t, exp in enumerate(self.stream):
             x = _float_images(exp.train_images, self.device)
             y = torch.from_numpy(exp.train_labels).to(self.device)
+            self._sync()
             t0 = time.perf_counter()
             z = self.train_experience(t, x, y)
+            self._sync()   # queued GPU work counts where it was queued, not where it is first waited for
             t1 = time.perf_counter()
             if self.memory is not None and t < T - 1:
                 self.update_memory(t, exp, x, y, z)
                 result.memory_bytes.append(int(self.memory.nbytes))
+            self._sync()
             t2 = time.perf_counter()
             result.matrix[t] = self.evaluate()
             result.train_seconds += t1 - t0

@@ -15,6 +15,7 @@ concatenated with the replayed latents and the upper part learns. Batch 0 trains
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -43,7 +44,7 @@ from .replay import ReplayMemory, choose_update
 from .results import (CONFIG_FILE, aggregate_runs, read_summary, run_dir, run_dirs, stale_runs, write_json,
                       write_metrics)
 from .rowfile import RowFile
-from .utils import release_free_memory
+from .utils import configure_cuda, release_free_memory
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -146,6 +147,8 @@ class RunTrainer:
         self.cfg, self.run, self.scenario, self.frames = cfg, run, scenario, frames
         self.device, self.dir, self.progress, self.stop_after = device, out_dir, progress, stop_after
         self.chunk = cfg.inference_chunk or (INFERENCE_CHUNK_CPU if device.type == "cpu" else INFERENCE_CHUNK_GPU)
+        if device.type == "cuda":
+            configure_cuda(cfg.cuda_reproducible)
         fid = cfg.fidelity
         self.fid = fid
         with torch.random.fork_rng(devices=[]):
@@ -309,8 +312,8 @@ class RunTrainer:
         else:
             outputs = (self.model(self._pre(frames[i:i + chunk])) for i in starts)
         for i, logits in zip(starts, outputs):
-            correct += int((logits.argmax(1) == self.test_labels[i:i + chunk]).sum())
-        return correct / len(self.test_labels)
+            correct += (logits.argmax(1) == self.test_labels[i:i + chunk]).sum()   # read once, at the end
+        return int(correct) / len(self.test_labels)
 
     @property
     def _test_cache_due(self) -> bool:
@@ -331,6 +334,7 @@ class RunTrainer:
                 self.test_cache = self._test_latents_file(frames)
             if self.test_cache is None:
                 self.test_cache = self._lower_pass(self.lower, frames)
+            self._test_frames = None   # a GPU's copy is not needed while the cache lasts (read again if dropped)
             self._release()   # once: the whole test list went through the lower part
 
     def _test_latents_file(self, frames: torch.Tensor) -> RowFile | None:
@@ -377,7 +381,8 @@ class RunTrainer:
         self._sync()
         row = {
             "batch": batch_index, "kind": kind, "iteration": self.global_iter, "test_accuracy": acc,
-            "train_loss": self._loss_sum / max(self._iters, 1), "train_accuracy": self._correct / max(self._rows_seen, 1),
+            "train_loss": float(self._loss_sum) / max(self._iters, 1),
+            "train_accuracy": float(self._correct) / max(self._rows_seen, 1),
             "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - t0 + self._cache_seconds,
             "new_frames": new_frames,
             "classes_seen": len(self.seen), "memory_patterns": len(self.memory) if self.memory else 0,
@@ -435,13 +440,15 @@ class RunTrainer:
             feats = self._lower_pass(self.lower, new_frames)
         capture = (cfg.uses_latent and fid.stored_latents == "train_epoch0" and b > 0 and self.memory is not None)
         epoch0 = {} if capture else None
+        # the minibatch rows as device tensors, uploaded once: on a GPU a copy per iteration waits for it
+        on_device = dataclasses.replace(sched, new_order=torch.as_tensor(sched.new_order, device=self.device),
+                                        mem_order=torch.as_tensor(sched.mem_order, device=self.device))
         for it in range(sched.iterations):
-            rows = sched.new_rows(it)
-            idx = torch.as_tensor(rows, device=self.device)
+            idx = on_device.new_rows(it)
             y = new_labels[idx]
             m_x = m_y = None
             if mixing and sched.k_mem:
-                m_x, m_y = self.memory.get(sched.mem_rows(it))
+                m_x, m_y = self.memory.get(on_device.mem_rows(it))
                 y = torch.cat([y, m_y])
             with recompute_bn_relu(cfg.recompute_bn_relu):
                 if not incremental_split and m_x is not None and cfg.uses_latent:
@@ -477,8 +484,10 @@ class RunTrainer:
             self.optimizer.step()
             self.method.after_step()
             self.global_iter += 1
-            self._loss_sum += float(loss.detach())
-            self._correct += float((out.detach().argmax(1) == y).sum())
+            # kept on the device (read once per evaluation: a read per iteration waits for a GPU); float64
+            # sums of the float32 losses, as Python floats would add them
+            self._loss_sum += loss.detach().double()
+            self._correct += (out.detach().argmax(1) == y).sum()
             self._rows_seen += len(y)
             self._iters += 1
             if b == 0 and self.global_iter == 1 and fid.eval_at_iteration_1:
@@ -607,7 +616,9 @@ class RunTrainer:
 
     def load_checkpoint(self, path: Path) -> None:
         try:
-            state = torch.load(path, map_location=self.device, weights_only=False)
+            # onto the CPU: every part moves what it keeps to its device (a GPU run's checkpoint would
+            # otherwise put numpy-bound tensors, e.g. GLR's slot table, on the GPU)
+            state = torch.load(path, map_location="cpu", weights_only=False)
         except torch.OutOfMemoryError:
             raise                # a good checkpoint on a full device: not the file's fault
         except Exception as e:   # torch raises many kinds (pickle, zip reader, OSError, EOF)
@@ -842,6 +853,7 @@ class Trainer:
             d.mkdir(parents=True, exist_ok=True)
             rt = RunTrainer(self.cfg, r, self.scenarios[r], self.frames, self.device, d, self.progress, stop_after)
             summary = rt.train()
+            del rt   # the next run's trainer must not meet this one's model, memory and test frames on the device
             summaries.append(summary)
             log.info("run %d finished: final accuracy %.4f, average %.4f, %.1fs training", r,
                      summary["final_accuracy"], summary["average_accuracy"], summary["train_seconds"])

@@ -119,3 +119,15 @@ def release_free_memory() -> bool:
         return False
     trim(0)
     return True
+
+
+def configure_cuda(reproducible: bool) -> None:
+    """Process-wide CUDA numerics (``ExperimentConfig.cuda_reproducible``): IEEE float32 convolutions and
+    matrix products and deterministic cuDNN algorithms, or TF32 and cuDNN's autotuner."""
+    import torch
+
+    precision = "ieee" if reproducible else "tf32"
+    torch.backends.cudnn.conv.fp32_precision = precision
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.deterministic = reproducible
+    torch.backends.cudnn.benchmark = not reproducible

@@ -10,6 +10,7 @@ device (:func:`preprocess`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -302,6 +303,13 @@ def load_frames(images_dir: str | os.PathLike, paths: Iterable[str], *, cache_di
     return FrameStore(np.load(npy, mmap_mode="r"), unique, npy, from_cache=False)
 
 
+@functools.lru_cache(maxsize=None)
+def _constant(values: tuple, device: torch.device) -> torch.Tensor:
+    """A per-channel constant (1, 3, 1, 1) on ``device``, made once: on a GPU, making it is a copy that
+    waits for the device."""
+    return torch.tensor(values, device=device).view(1, 3, 1, 1)
+
+
 def preprocess(images: torch.Tensor | np.ndarray, mode: str = "caffe", *, device: torch.device | str | None = None,
                channels_last: bool = False) -> torch.Tensor:
     """uint8 frames (N, H, W, 3, RGB) → float32 network input (N, 3, H, W).
@@ -315,14 +323,12 @@ def preprocess(images: torch.Tensor | np.ndarray, mode: str = "caffe", *, device
         raise ValueError(f"expected uint8 frames of shape (N, H, W, 3), got {tuple(x.shape)} {x.dtype}")
     if device is not None:
         x = x.to(device, non_blocking=True)
+    if mode not in PREPROCESSING_MODES:
+        raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {mode!r}")
     x = x.permute(0, 3, 1, 2).float()
     if mode == "caffe":
-        x = x.flip(1) - torch.tensor(CAFFE_BGR_MEANS, device=x.device).view(1, 3, 1, 1)
-    elif mode == "imagenet":
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        x = (x / 255.0 - mean) / std
+        x = x.flip(1) - _constant(CAFFE_BGR_MEANS, x.device)
     else:
-        raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSING_MODES)}, got {mode!r}")
+        x = (x / 255.0 - _constant(IMAGENET_MEAN, x.device)) / _constant(IMAGENET_STD, x.device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=memory_format)

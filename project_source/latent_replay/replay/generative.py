@@ -635,7 +635,7 @@ class GenerativeReplay:
         self.generators = [BatchGenerator.from_state(g) for g in state["generators"]]
         self.buffer = None if state["buffer"] is None else state["buffer"].to(self.device)
         self._labels = state["labels"].to(self.device, torch.long)
-        self._slot_generator = state["slot_generator"].numpy().astype(np.int32)
+        self._slot_generator = state["slot_generator"].cpu().numpy().astype(np.int32)
         self._draw_rng = np.random.default_rng()
         self._draw_rng.bit_generator.state = state["draw_rng"]
         self.history = [dict(h) for h in state["history"]]
