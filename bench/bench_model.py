@@ -130,10 +130,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--recompute", action="store_true",
                     help="recompute each layer's ReLU output in the backward pass (recompute_bn_relu)")
     ap.add_argument("--input-size", type=int, default=128)
+    ap.add_argument("--tf32", action="store_true", help="on CUDA: TF32 and cuDNN's autotuner for the network and "
+                    "the GEMM reference alike (default: IEEE float32, as the trainer's cuda_reproducible)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if device.type == "cuda":   # the trainer's numerics, for the network and the GEMM reference alike
+        from latent_replay.utils import configure_cuda
+
+        configure_cuda(not args.tf32)
     torch.manual_seed(0)
     model = MobileNetV1().to(device)
     if args.channels_last:
@@ -164,6 +170,7 @@ def main(argv=None) -> dict:
         "input_size": args.input_size,
         "channels_last": args.channels_last,
         "recompute_bn_relu": args.recompute,
+        "cuda_tf32": args.tf32 if device.type == "cuda" else None,
         "iters": args.iters,
         "glibc_tunables_set": TUNED in os.environ.get("GLIBC_TUNABLES", ""),
         "torch": torch.__version__,
