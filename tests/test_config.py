@@ -200,3 +200,20 @@ def test_only_switches_that_can_change_an_experiment_are_compared():
     ar1 = ExperimentConfig(method="ar1", replay="native")
     assert ar1.trained_otherwise(ar1.to_dict(), {**ar1.describe_fidelity(), "cwr_count_memory": False}) == \
         ["fidelity.cwr_count_memory"]
+
+
+def test_keys_that_mean_nothing_for_an_experiment_are_not_compared():
+    """AR1*'s constants for a naive run, a latent dtype without latent replay, a memory size without a
+    memory, GLR settings without generative replay: recorded values that differ do not make results
+    another experiment's. A damaged recorded config is compared as written, without an error."""
+    naive = ExperimentConfig(method="naive", replay="none")
+    rec = naive.to_dict()
+    assert naive.trained_otherwise({**rec, "ar1_xi": 0.5, "replay_memory": 10, "glr_profile": "reference"}) == []
+    assert naive.trained_otherwise({**rec, "lr": 0.5}) == ["lr"]
+    caffe = ExperimentConfig(method="naive", replay="none", profile="caffe")      # B1: a memory all the same
+    assert caffe.trained_otherwise({**caffe.to_dict(), "replay_memory": 10}) == ["replay_memory"]
+    ar1 = ExperimentConfig(method="ar1", replay="latent")
+    assert ar1.trained_otherwise({**ar1.to_dict(), "ar1_xi": 0.5, "latent_dtype": "uint8"}) == ["ar1_xi", "latent_dtype"]
+    for damaged in ({**rec, "method": ["naive"]}, {**rec, "replay": {"x": 1}}, {**rec, "profile": 3}):
+        changed = naive.trained_otherwise(damaged)
+        assert changed and set(changed) <= {"method", "replay", "profile"}

@@ -638,8 +638,8 @@ def test_changed_configuration_needs_force_and_grown_grid_keeps_indices(db, tmp_
     r = cli("sweep", path)
     assert r.exit_code == 1 and r.stderr == (
         f"Error: {exp}: it was prepared with epochs = 4.0, the sweep now gives 2.0; its results would mix two "
-        "configurations (choose another out folder, or --force to replace the configuration; finished runs of the "
-        "former one are set aside)\n")
+        "configurations (choose another out folder, or --force to replace the configuration; its finished runs that "
+        "trained otherwise are set aside)\n")
     # the dry run counts the finished run as missing under the new configuration, and moves nothing
     r = cli("sweep", path, "--force", "--dry-run")
     assert r.exit_code == 0 and "tasks: 0 finished, 0 running, 0 pending, 0 failed, 4 missing" in r.stdout
@@ -758,9 +758,8 @@ def test_local_sweep_end_to_end_with_failure_resubmit_and_figures(tmp_path, monk
     real_write = S.write_sweep
 
     def write_then_break(*args, **kwargs):
-        set_aside = real_write(*args, **kwargs)
+        real_write(*args, **kwargs)
         labels.rename(hidden)
-        return set_aside
 
     monkeypatch.setattr(S, "write_sweep", write_then_break)
     r = cli("sweep", path, "--launcher", "local")

@@ -721,10 +721,18 @@ def test_batch0_is_evaluated_before_the_memory_pass_and_timed_once(tiny, tmp_pat
     assert counted <= wall + 0.05 and counted > wall - 0.3
 
 
-def test_cuda_numerics_switch_sets_the_backends():
+def test_cuda_numerics_switch_sets_the_backends(monkeypatch):
     """cuda_reproducible (applied when a run's device is CUDA): IEEE float32 and deterministic cuDNN
     algorithms, or TF32 and the autotuner. The flags are process-wide; checked here without a GPU."""
+    import latent_replay.train as T
     from latent_replay.utils import configure_cuda
+
+    calls = []
+    monkeypatch.setattr(T, "configure_cuda", calls.append)
+    T.prepare_device(torch.device("cpu"), ExperimentConfig())
+    T.prepare_device(torch.device("cuda"), ExperimentConfig(cuda_reproducible=False))
+    T.prepare_device(torch.device("cuda"), ExperimentConfig())
+    assert calls == [False, True]      # what RunTrainer does for its device
 
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     before = (cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark)

@@ -36,8 +36,9 @@ LATENT_DTYPES = ("float32", "float16", "uint8")
 PROFILES = ("fixed", "caffe")
 DEVICES = ("auto", "cpu", "cuda")
 #: Config keys that change how a run executes, not what it computes: the speed and memory switches
-#: (each keeps the metrics) and the checkpoint cadence. A run may resume with other values of these,
-#: and figures do not tell experiments apart by them.
+#: (each keeps the metrics), the checkpoint cadence, and ``cuda_reproducible``, which like ``device``
+#: changes only the floating-point numerics (of a GPU run). A run may resume with other values of
+#: these, and figures do not tell experiments apart by them.
 EXECUTION_KEYS = ("precompute_lower", "cache_test_latents", "test_latents_in_file", "channels_last",
                   "recompute_bn_relu", "inference_chunk", "release_memory", "checkpoint_every",
                   "cuda_reproducible")
@@ -481,6 +482,22 @@ class ExperimentConfig:
         """Every switch in force (for logs and result summaries)."""
         return dataclasses.asdict(self.fidelity)
 
+    def key_in_effect(self, key: str) -> bool:
+        """Whether a config key can change what this experiment computes: AR1*'s constants only for
+        ``ar1``, the latent layer and dtype only with latent (or generative) replay, the memory size
+        only where a memory is used, the GLR settings only with generative replay."""
+        if key.startswith("ar1_"):
+            return self.method == "ar1"
+        if key == "latent_layer":
+            return self.uses_latent
+        if key == "latent_dtype":
+            return self.replay == "latent"
+        if key == "replay_memory":
+            return self.memory_in_use
+        if key in ("glr", "glr_profile"):
+            return self.replay == "generative"
+        return True
+
     def switches_in_effect(self) -> set[str]:
         """The fidelity switches that can change what this experiment computes. Only these are compared
         between recorded results and a config: an AR1* switch does not make a naive run another one."""
@@ -511,17 +528,18 @@ class ExperimentConfig:
         :func:`training_changes`, ``fidelity.<switch>``, ``preprocessing``; empty when the same.
 
         ``config`` is read with today's defaults for keys it lacks (added since it was written), and so
-        are switches ``fidelity`` lacks; a key since removed makes it differ. The switches in force that
-        can change this experiment (:meth:`switches_in_effect`) are compared one by one: a default
-        changed since shows (those results trained otherwise than this config now means), and a switch
-        set explicitly to what was then the default matches."""
+        are switches ``fidelity`` lacks; a key since removed makes it differ. Keys that mean nothing for
+        this experiment are not compared (:meth:`key_in_effect`). The switches in force that can change
+        it (:meth:`switches_in_effect`) are compared one by one: a default changed since shows (those
+        results trained otherwise than this config now means), and a switch set explicitly to what was
+        then the default matches."""
         try:
             recorded = ExperimentConfig.from_dict(config, "recorded configuration")
-        except ConfigError:       # a key since removed, or a value no longer valid: compare as written
-            recorded = None
+        except (ConfigError, TypeError, ValueError):   # a key since removed, a value no longer valid or
+            recorded = None                            # damaged: compare as written
         else:
             config = recorded.to_dict()
-        changed = training_changes(config, self.to_dict())
+        changed = [k for k in training_changes(config, self.to_dict()) if self.key_in_effect(k)]
         if isinstance(fidelity, dict):     # the switches in force say more than the profile's overrides
             if recorded is not None:       # a switch added since: what the recorded config means today
                 fidelity = {**recorded.describe_fidelity(), **fidelity}

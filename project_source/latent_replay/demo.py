@@ -20,7 +20,7 @@ from .data.core50 import open_root
 from .data.filelists import SCENARIOS
 from .data.nicv2 import inventory_from_root, load_scenario, write_nicv2
 from .data.synthetic import write_synthetic_core50
-from .results import CONFIG_FILE, run_dirs, set_aside, set_aside_line, set_aside_stale
+from .results import CONFIG_FILE, run_dirs, set_aside, set_aside_lines, set_aside_stale
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def set_aside_former_results(cfg: ExperimentConfig, echo=print) -> list[Path]:
     changed = cfg.trained_otherwise(saved.to_dict()) if saved is not None else []
     if changed:   # unfinished runs of the former settings too: their checkpoints would be refused
         moved += [(d, set_aside(d), changed) for _, d in run_dirs(exp_dir)]
-    for folder, target, keys in moved:
-        echo(set_aside_line(str(folder), target, keys))
+    for line in set_aside_lines(moved):
+        echo(line)
     return [target for _, target, _ in moved]
 
 
@@ -89,7 +89,7 @@ def run_demo(out: Path, seed: int = 0, echo=print) -> dict:
         try:
             trainer.run_all()
         except StaleCheckpoint as exc:   # an older demo's unfinished run under a default changed since
-            echo(set_aside_line(str(exc.path.parent), set_aside(exc.path.parent), exc.changed))
+            echo(set_aside_lines([(exc.path.parent, set_aside(exc.path.parent), exc.changed)])[0])
             trainer.run_all()
         summary_file = trainer.experiment_dir / "run0" / "summary.json"
         import json

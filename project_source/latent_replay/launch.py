@@ -39,7 +39,7 @@ from . import __version__
 from .config import (LATENT_LAYERS, METHOD_ALIASES, METHOD_TITLES, PROFILES, REPLAY_ALIASES, ConfigError,
                      ExperimentConfig, set_key)
 from .data.classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
-from .results import CONFIG_FILE, set_aside_line, set_aside_stale
+from .results import CONFIG_FILE, set_aside_lines, set_aside_stale
 from .utils import format_int_list, parse_int_list
 
 PROG = "prepare_experiment.py"
@@ -619,8 +619,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
         return 1
     for line in plan.info:
         print(f"info: {line}")
-    for folder, target, changed in set_aside:
-        print(f"info: {set_aside_line(_display(folder), target, changed)}")
+    for line in set_aside_lines(set_aside, _display):
+        print(f"info: {line}")
     python, has_torch = trainer_python()
     if plan.launcher == "local" and not has_torch:
         print(f"warning: the run script will use {python}, which has no PyTorch: it will fail until PyTorch is "

@@ -119,9 +119,10 @@ def set_aside_stale(experiment_dir: str | os.PathLike, cfg: ExperimentConfig,
     return [(d, set_aside(d), changed) for d, changed in stale_runs(experiment_dir, cfg, runs)]
 
 
-def set_aside_line(folder: str, target: Path, changed: list[str]) -> str:
-    """One line saying that ``folder`` (as it should be shown) was set aside as ``target``."""
-    return f"{folder} was trained with another configuration (changed: {', '.join(changed)}): set aside as {target.name}"
+def set_aside_lines(moved: Iterable[tuple[Path, Path, list[str]]], display=str) -> list[str]:
+    """A line for each run folder :func:`set_aside_stale` moved (``display`` shows a path)."""
+    return [f"{display(folder)} was trained with another configuration (changed: {', '.join(changed)}): set aside "
+            f"as {target.name}" for folder, target, changed in moved]
 
 
 def check_writable(folder: str | os.PathLike) -> None:

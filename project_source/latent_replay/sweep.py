@@ -52,7 +52,7 @@ import click
 from . import __version__, launch
 from .config import METHOD_ALIASES, REPLAY_ALIASES, ConfigError, ExperimentConfig, set_key
 from .data.filelists import atomic_write_text
-from .results import read_summary, set_aside_line, set_aside_stale, trained_otherwise
+from .results import read_summary, set_aside_lines, set_aside_stale, trained_otherwise
 from .utils import format_int_list, has_control_characters, parse_int_list
 
 SWEEP_FORMAT = "latent-replay-sweep"
@@ -561,8 +561,8 @@ def check_existing(expansion: Expansion, force: bool) -> list[str]:
             continue
         if not force:
             raise SweepError(f"{p.plan.experiment_dir}: {why}; its results would mix two configurations "
-                             "(choose another out folder, or --force to replace the configuration; finished runs of the "
-                             "former one are set aside)")
+                             "(choose another out folder, or --force to replace the configuration; its finished runs that "
+                             "trained otherwise are set aside)")
         replaced.append(f"{p.name}: {why}; configuration replaced")
     return replaced
 
@@ -1051,12 +1051,20 @@ def _saved_configs(sweep_dir: Path, tasks: Sequence[Task]) -> dict[str, Optional
     return configs
 
 
+def task_statuses(sweep_dir: Path, tasks: Sequence[Task], configs: dict[str, Optional[ExperimentConfig]],
+                  queued: Optional[dict] = None) -> list[TaskStatus]:
+    """Every task's status, its run compared with its experiment's config in ``configs``; ``queued``:
+    Slurm's view (default: asked for the sweep's recorded submissions)."""
+    if queued is None:
+        queued = squeue_tasks(read_submissions(sweep_dir))
+    return [task_status(sweep_dir, t, read_state(sweep_dir, t.index), queued, configs.get(t.experiment))
+            for t in tasks]
+
+
 def collect_status(sweep_dir: Path) -> list[TaskStatus]:
     sweep_dir = Path(sweep_dir)
     tasks = read_tasks(sweep_dir)
-    queued = squeue_tasks(read_submissions(sweep_dir))
-    configs = _saved_configs(sweep_dir, tasks)
-    return [task_status(sweep_dir, t, read_state(sweep_dir, t.index), queued, configs[t.experiment]) for t in tasks]
+    return task_statuses(sweep_dir, tasks, _saved_configs(sweep_dir, tasks))
 
 
 def set_aside_selected(sweep_dir: Path, tasks: Sequence[Task], selected: Sequence[int],
@@ -1067,8 +1075,8 @@ def set_aside_selected(sweep_dir: Path, tasks: Sequence[Task], selected: Sequenc
     for t in tasks:
         cfg = configs.get(t.experiment)
         if t.index in chosen and cfg is not None:
-            for folder, target, changed in set_aside_stale(Path(sweep_dir) / t.experiment, cfg, [t.run]):
-                echo(f"  {set_aside_line(_display(folder), target, changed)}")
+            for line in set_aside_lines(set_aside_stale(Path(sweep_dir) / t.experiment, cfg, [t.run]), _display):
+                echo(f"  {line}")
 
 
 def count_states(statuses: Sequence[TaskStatus]) -> dict[str, int]:
@@ -1254,9 +1262,7 @@ def run_sweep(sweep_file: str | os.PathLike, *, launcher: str = "slurm", contain
     tasks = assign_tasks(sweep.out, [p.name for p in expansion.experiments], sweep.runs)
     submissions = read_submissions(sweep.out)
     queued = squeue_tasks(submissions) if sweep.out.is_dir() else {}
-    configs = {p.name: p.plan.config for p in expansion.experiments}
-    statuses = [task_status(sweep.out, t, read_state(sweep.out, t.index), queued, configs.get(t.experiment))
-                for t in tasks]
+    statuses = task_statuses(sweep.out, tasks, {p.name: p.plan.config for p in expansion.experiments}, queued)
     _print_report(expansion, tasks, statuses, echo)
     for line in replaced:
         echo(f"  {line}")
@@ -1291,8 +1297,8 @@ def write_sweep(expansion: Expansion, tasks: Sequence[Task], script: str, launch
             set_aside = set_aside_stale(p.plan.experiment_dir, p.plan.config)
         else:
             set_aside = launch.write_plan(p.plan)
-        for folder, target, changed in set_aside:
-            echo(f"  {set_aside_line(_display(folder), target, changed)}")
+        for line in set_aside_lines(set_aside, _display):
+            echo(f"  {line}")
     (sweep.out / LOG_DIR).mkdir(parents=True, exist_ok=True)
     (sweep.out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     data = sweep.to_dict()
@@ -1348,8 +1354,7 @@ def resubmit(sweep_dir: str | os.PathLike, *, launcher: Optional[str] = None, dr
         raise SweepError(f"{sweep_dir}: {SCRIPT} is missing (run latent-replay sweep SWEEP_FILE again)")
     tasks = read_tasks(sweep_dir)
     configs = _saved_configs(sweep_dir, tasks)
-    queued = squeue_tasks(read_submissions(sweep_dir))
-    statuses = [task_status(sweep_dir, t, read_state(sweep_dir, t.index), queued, configs[t.experiment]) for t in tasks]
+    statuses = task_statuses(sweep_dir, tasks, configs)
     selected = _select(statuses)
     counts = count_states(statuses)
     echo(f"sweep {_display(sweep_dir)}: " + ", ".join(f"{counts[s]} {s}" for s in STATES) +

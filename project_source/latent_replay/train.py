@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import math
 import os
@@ -33,8 +32,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
-from .config import (INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, RESUMABLE_CHANGES, ConfigError, ExperimentConfig,
-                     training_changes)
+from .config import INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, RESUMABLE_CHANGES, ConfigError, ExperimentConfig
 from .data.core50 import DatasetError, FrameStore, load_frames, open_root, preprocess
 from .data.nicv2 import Scenario, load_scenario
 from .methods import DECAY_MULTS, make_method
@@ -122,6 +120,12 @@ def plan_batch(n_new: int, n_mem: int, *, minibatch: int, epochs: float, pad: bo
     return Schedule(k_new, k_mem, per_epoch, max(1, int(round(epochs * per_epoch))), new_order, mem_order)
 
 
+def prepare_device(device: torch.device, cfg: ExperimentConfig) -> None:
+    """Process-wide settings for a run on ``device``: on CUDA, the numerics of ``cuda_reproducible``."""
+    if device.type == "cuda":
+        configure_cuda(cfg.cuda_reproducible)
+
+
 class StaleCheckpoint(ConfigError):
     """A run checkpoint (``path``) written under other training settings (``changed``) than the config."""
 
@@ -147,8 +151,7 @@ class RunTrainer:
         self.cfg, self.run, self.scenario, self.frames = cfg, run, scenario, frames
         self.device, self.dir, self.progress, self.stop_after = device, out_dir, progress, stop_after
         self.chunk = cfg.inference_chunk or (INFERENCE_CHUNK_CPU if device.type == "cpu" else INFERENCE_CHUNK_GPU)
-        if device.type == "cuda":
-            configure_cuda(cfg.cuda_reproducible)
+        prepare_device(device, cfg)
         fid = cfg.fidelity
         self.fid = fid
         with torch.random.fork_rng(devices=[]):
@@ -487,7 +490,7 @@ class RunTrainer:
             # kept on the device (read once per evaluation: a read per iteration waits for a GPU); float64
             # sums of the float32 losses, as Python floats would add them
             self._loss_sum += loss.detach().double()
-            self._correct += (out.detach().argmax(1) == y).sum()
+            self._correct += (out.detach().argmax(1) == y).sum().double()
             self._rows_seen += len(y)
             self._iters += 1
             if b == 0 and self.global_iter == 1 and fid.eval_at_iteration_1:
@@ -706,12 +709,9 @@ def batches_to_train(cfg: ExperimentConfig, scenario: Scenario) -> int:
     return n if cfg.max_batches is None else min(cfg.max_batches, n)
 
 
-def _summary_batches(path: Path) -> int:
+def _summary_batches(run_folder: Path) -> int:
     """Batches a finished run's summary.json says it trained (0 when unreadable: train it again)."""
-    try:
-        batches = json.loads(path.read_text(encoding="utf-8")).get("batches")
-    except (OSError, ValueError, AttributeError):
-        return 0
+    batches = (read_summary(run_folder) or {}).get("batches")
     return batches if isinstance(batches, int) and not isinstance(batches, bool) else 0
 
 
@@ -781,7 +781,7 @@ class Trainer:
                 saved = None
         same = saved is not None and _identity(saved.to_dict()) == _identity(cfg.to_dict())
         if saved is not None and not same:
-            self._refuse_other_results(path, _identity(saved.to_dict()), _identity(cfg.to_dict()), force)
+            self._refuse_other_results(path, saved, force)
         if not force:
             self._refuse_stale_runs()
         if same:
@@ -793,12 +793,11 @@ class Trainer:
             cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
         cfg.save(path)
 
-    def _refuse_other_results(self, path: Path, old: dict, new: dict, force: bool) -> None:
-        """The folder's config (``old``, its identity) differs from this one (``new``) in a key that changes
-        training: its results must not end up labelled with this config. Refused while a run folder holds
-        results, unless ``force`` (which trains this call's runs again; other runs' results are then left,
-        with a warning)."""
-        changed = training_changes(old, new)
+    def _refuse_other_results(self, path: Path, saved: ExperimentConfig, force: bool) -> None:
+        """The folder's config (``saved``) may train otherwise than this one: its results must not end up
+        labelled with this config. Refused while a run folder holds results, unless ``force`` (which
+        trains this call's runs again; other runs' results are then left, with a warning)."""
+        changed = self.cfg.trained_otherwise(saved.to_dict())
         if not changed:   # the same training, written differently (another path spelling, name, auto)
             return
         with_results = [d.name for _, d in run_dirs(self.experiment_dir)
@@ -843,7 +842,7 @@ class Trainer:
             if force and d.exists():
                 shutil.rmtree(d)
             if (d / "summary.json").is_file():
-                done, wanted = _summary_batches(d / "summary.json"), batches_to_train(self.cfg, self.scenarios[r])
+                done, wanted = _summary_batches(d), batches_to_train(self.cfg, self.scenarios[r])
                 if done >= wanted:
                     log.info("run %d already finished in %s (use --force to train it again)", r, d)
                     continue
