@@ -746,3 +746,21 @@ def test_cuda_numerics_switch_sets_the_backends(monkeypatch):
             ("tf32", "tf32", False, True)
     finally:
         cudnn.conv.fp32_precision, matmul.fp32_precision, cudnn.deterministic, cudnn.benchmark = before
+
+
+def test_test_frames_resident_as_on_a_gpu_give_the_same_metrics_and_are_dropped_once_cached(tiny, tmp_path):
+    """On a GPU the test frames are kept on the device until their latents are cached (the CPU reads
+    them when needed): the same path, run here on CPU tensors, gives the same metrics and lets them go."""
+    cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, epochs=1, max_batches=3, test_latents_in_file=False)
+    trainer = Trainer(cfg, progress=False)
+    rows = {}
+    for resident in (False, True):
+        d = tmp_path / f"resident-{resident}"
+        d.mkdir()
+        rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, d, False)
+        if resident:
+            rt._test_frames = rt._read_test_frames()       # what the constructor does on a GPU
+        rt.train()
+        rows[resident] = [(r["test_accuracy"], r["train_loss"], r["train_accuracy"]) for r in rt.rows]
+        assert rt._test_frames is None
+    assert rows[True] == rows[False] and len(rows[True]) == 3
