@@ -818,6 +818,19 @@ def test_latent_dtype_applies_to_latent_replay_only():
     assert S.applies("latent_layer", {"replay": "generative"})
 
 
+def test_ar1_constants_apply_to_ar1_only(db, tmp_path):
+    """An ar1_xi grid next to other methods: AR1*'s constants mean nothing for naive, so its combinations
+    merge into one experiment instead of training the same thing twice."""
+    assert S.applies("ar1_xi", {"method": "ar1"}) and S.applies("ar1_c", {"method": "AR1S"})
+    assert not S.applies("ar1_xi", {"method": "naive"}) and not S.applies("ar1_f_max", {})
+    ex = S.expand(S.parse_sweep(base(db, tmp_path, grid={"method": ["naive", "ar1"], "ar1_xi": [0.001, 0.01]}),
+                                "s.json"))
+    assert [p.name for p in ex.experiments] == ["naive_nicv2_391_latent_conv5_4dw_m20",
+                                                "ar1_nicv2_391_latent_conv5_4dw_m20_ar1-xi-0.001",
+                                                "ar1_nicv2_391_latent_conv5_4dw_m20_ar1-xi-0.01"]
+    assert ex.merged == 1 and ex.dropped == {"ar1_xi"}
+
+
 def test_a_requeued_task_is_pending_not_failed(tmp_path, fake_slurm):
     """Slurm requeues a preempted task under the same job id: its state file says it ended (exit 143)
     but the queue has it waiting again, so it is pending (resubmitting it would run it twice); the same

@@ -420,6 +420,9 @@ def applies(key: str, values: dict) -> bool:
     """Whether a config key means anything for the experiment given by ``values``."""
     top = key.partition(".")[0]
     replay = _replay_of(values)
+    if top.startswith("ar1_"):     # AR1*'s importance constants: an ar1_* grid merges for the other methods
+        method = values.get("method", ExperimentConfig.method)
+        return METHOD_ALIASES.get(method, method) == "ar1"
     if top == "latent_layer":
         return replay in ("latent", "generative")
     if top == "latent_dtype":
@@ -1239,7 +1242,7 @@ def _print_report(expansion: Expansion, tasks: Sequence[Task], statuses: Sequenc
     if expansion.merged:
         echo(f"  {expansion.merged} combination(s) gave an experiment listed already: "
              f"{', '.join(sorted(expansion.dropped))} left out where it does not apply (latent_layer and latent_dtype "
-             "apply to latent/generative replay, replay_memory to any replay, glr keys to generative replay)")
+             "apply to latent/generative replay, replay_memory to any replay, glr keys to generative replay, ar1_* to ar1)")
     for combo, why in expansion.skipped:
         echo(f"  skipped (invalid) {describe_values(combo)}: {why}")
     for note in expansion.notes:
