@@ -757,8 +757,7 @@ class Trainer:
         info = load_weights(probe, self.cfg.weights)
         self.preprocessing = resolve_preprocessing(self.cfg.preprocessing, info)
         if self.cfg.preprocessing == "auto":
-            log.info("preprocessing: %s, as the weights %s expect", resolve_preprocessing("auto", info),
-                     self.cfg.weights)
+            log.info("preprocessing: %s, as the weights %s expect", self.preprocessing, self.cfg.weights)
         elif info["preprocessing"] and info["preprocessing"] != self.cfg.preprocessing:
             log.warning("weights %s expect %s preprocessing but the config uses %s (spec B15)",
                         self.cfg.weights, info["preprocessing"], self.cfg.preprocessing)
@@ -779,25 +778,26 @@ class Trainer:
                 saved = ExperimentConfig.load(path)
             except ConfigError:
                 saved = None
-        same = saved is not None and _identity(saved.to_dict()) == _identity(cfg.to_dict())
+        old, new = (saved.to_dict() if saved is not None else None), cfg.to_dict()
+        same = saved is not None and _identity(old) == _identity(new)
         if saved is not None and not same:
-            self._refuse_other_results(path, saved, force)
+            self._refuse_other_results(path, old, force)
         if not force:
             self._refuse_stale_runs()
         if same:
             runs = list(saved.runs) + [r for r in cfg.runs if r not in saved.runs]
-            if _without(saved.to_dict(), CLI_OVERRIDES) == _without(cfg.to_dict(), CLI_OVERRIDES):
+            if _without(old, CLI_OVERRIDES) == _without(new, CLI_OVERRIDES):
                 if runs != list(saved.runs):
                     saved.replace(runs=runs).save(path)
                 return
             cfg = cfg.replace(runs=runs)      # execution keys changed: record them, keep the runs
         cfg.save(path)
 
-    def _refuse_other_results(self, path: Path, saved: ExperimentConfig, force: bool) -> None:
-        """The folder's config (``saved``) may train otherwise than this one: its results must not end up
-        labelled with this config. Refused while a run folder holds results, unless ``force`` (which
+    def _refuse_other_results(self, path: Path, saved: dict, force: bool) -> None:
+        """The folder's config (``saved``, its dict) may train otherwise than this one: its results must not
+        end up labelled with this config. Refused while a run folder holds results, unless ``force`` (which
         trains this call's runs again; other runs' results are then left, with a warning)."""
-        changed = self.cfg.trained_otherwise(saved.to_dict())
+        changed = self.cfg.trained_otherwise(saved)
         if not changed:   # the same training, written differently (another path spelling, name, auto)
             return
         with_results = [d.name for _, d in run_dirs(self.experiment_dir)
