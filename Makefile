@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 # glibc returns freed blocks to the kernel and re-faults them every minibatch; keeping them roughly
-# doubles CPU training speed (see ../shared/ENVIRONMENT.md and README "Performance").
+# doubles CPU training speed for ~1 GB more peak RSS (docs/performance.md, "Allocator setting").
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736
 DEMO_DIR ?= demo_output
 

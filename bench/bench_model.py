@@ -27,8 +27,9 @@ Usage::
 
 On CPU set ``GLIBC_TUNABLES`` as above *before* Python starts: glibc otherwise returns large freed
 blocks to the kernel and re-faults them every minibatch, which costs about half of the CPU time
-(``../shared/ENVIRONMENT.md``). The JSON records whether it was set. The default run takes well under
-a minute on a 2-core machine. Do not run it next to another torch process.
+(``docs/performance.md``, "Allocator setting and a second busy process"). The JSON records whether
+it was set. The default run takes well under a minute on a 2-core machine. Do not run it next to
+another torch process.
 """
 from __future__ import annotations
 

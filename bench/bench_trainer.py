@@ -42,7 +42,7 @@ Usage::
     .venv/bin/python bench/bench_trainer.py --quick         # tiny sizes, seconds (smoke test)
 
 Do not run it next to another torch process: two-thread training collapses when a second busy
-process shares the two cores (``../shared/ENVIRONMENT.md``).
+process shares the two cores (``docs/performance.md``, "Allocator setting and a second busy process").
 """
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ Usage::
     .venv/bin/python bench/compare_avalanche.py --reps 3 --batches 3 --out compare.json
     .venv/bin/python bench/compare_avalanche.py --quick             # tiny sizes, for smoke tests
 
-Do not run it next to another torch process (``../shared/ENVIRONMENT.md``).
+Do not run it next to another torch process: two-thread training collapses when a second busy process
+shares the cores (``docs/performance.md``, "Allocator setting and a second busy process").
 """
 from __future__ import annotations
 

@@ -15,8 +15,6 @@ from latent_replay import figures as F
 from latent_replay.config import ExperimentConfig
 from latent_replay.results import CONFIG_FILE, write_json, write_metrics
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-REFERENCE_CURVES = REFERENCE / "core50-nicv2-rehearsal-free-results"
 BYTES = {"float32": 4, "float16": 2, "uint8": 1}
 SHAPES = {"data": 3 * 128 * 128, "conv4_1/dw": 256 * 16 * 16, "conv5_4/dw": 512 * 8 * 8, "pool6": 1024}
 
@@ -376,6 +374,8 @@ def test_reference_parser_synthetic(tmp_path):
     assert list(F.load_reference(q, ["naive"])[79]) == ["NAIVE"]
     with pytest.raises(ValueError, match="no reference strategy named ewc"):
         F.load_reference(q, ["EWC"])
+    with pytest.raises(ValueError, match=r"missing: no such file or folder"):
+        F.load_reference(tmp_path / "missing")
     bad = tmp_path / "results_391_bad.tsv"
     bad.write_text("# strategy: X\n1,0\t2,0\n1,0\n")
     with pytest.raises(ValueError, match=r"results_391_bad.tsv:3: 1 values"):
@@ -398,11 +398,11 @@ def test_reference_overlay_is_drawn(results, tmp_path):
     assert "| NICv2-391 | AR1* | 2 | 21.00 ± 0.50 |" in md
 
 
-@pytest.mark.skipif(not REFERENCE_CURVES.is_dir(), reason="../shared/reference is not available")
 def test_reference_parser_real_files():
-    ref = F.load_reference(REFERENCE_CURVES)
+    """The published curves shipped with the package (the default of `figures --reference`)."""
+    ref = F.load_reference(F.REFERENCE_RESULTS)
     assert sorted(ref) == [79, 196, 391]
-    published = {  # spec §10: mean ± population std of the final value over 10 runs
+    published = {  # the NICv2 paper's data: mean ± population std of the final value over 10 runs
         391: {"AR1*": (56.32, 1.00), "CWR*": (56.99, 0.91)},
         196: {"AR1*": (60.58, 1.36), "CWR*": (56.88, 0.85)},
         79: {"AR1*": (63.50, 1.14), "CWR*": (57.07, 1.87)},
@@ -416,6 +416,68 @@ def test_reference_parser_real_files():
         assert ref[s]["AR1*"][:, 0] == pytest.approx(7.174) and ref[s]["AR1*"][:, 1] == pytest.approx(14.0)
     assert round(ref[391]["NAIVE"][:, -1].mean(), 2) == 8.03
     assert round(ref[79]["EWC"][:, -1].mean(), 2) == 36.98
+
+
+def test_shipped_reference_curves_are_documented():
+    """Beside the copies: their source, licence and checksums (unmodified copies of the published files)."""
+    import hashlib
+
+    note = (F.REFERENCE_RESULTS / "README.md").read_text()
+    tsvs = sorted(F.REFERENCE_RESULTS.glob("*.tsv"))
+    assert [p.name for p in tsvs] == [f"results_{s}_multirun.tsv" for s in (196, 391, 79)]
+    for p in tsvs:
+        assert f"| `{p.name}` | {p.stat().st_size:,} | `{hashlib.sha256(p.read_bytes()).hexdigest()}` |" in note
+    assert "https://github.com/vlomonaco/core50" in note and "arXiv:1907.03799" in note
+    assert "CC BY 4.0" in note and "https://creativecommons.org/licenses/by/4.0/" in note
+
+
+def _published_rows(out: Path) -> list[str]:
+    md = (out / "summary.md").read_text()
+    return [line for line in md.split("## Published", 1)[1].splitlines() if line.startswith("| NICv2-")] \
+        if "## Published" in md else []
+
+
+def test_cli_reference_default_off_and_folder(results, tmp_path):
+    """The shipped curves by default (only the scenarios of the results: 79 and 391 here), none with
+    --no-reference, another folder with --reference (a scenario it lacks gets no curve, no error)."""
+    def run(out, *args):
+        return CliRunner().invoke(F.figures_command, [str(results), "--out", str(tmp_path / out), "--format", "png",
+                                                      *args])
+
+    r = run("default")
+    assert r.exit_code == 0, r.output
+    rows = _published_rows(tmp_path / "default")
+    assert "| NICv2-391 | AR1* | 10 | 56.32 ± 1.00 |" in rows and "| NICv2-79 | EWC | 10 | 36.98 ± 5.60 |" in rows
+    assert len(rows) == 12 and not any("NICv2-196" in row for row in rows)
+    assert (tmp_path / "default" / "fig1_accuracy_vs_batches.png").is_file()
+    r = run("off", "--no-reference")
+    assert r.exit_code == 0, r.output
+    assert _published_rows(tmp_path / "off") == [] and (tmp_path / "off" / "fig1_accuracy_vs_batches.png").is_file()
+    ref = tmp_path / "ref" / "results_391_multirun.tsv"
+    ref.parent.mkdir()
+    ref.write_text(SYNTHETIC_TSV.replace("79", "391"))
+    r = run("folder", "--reference", str(ref.parent))
+    assert r.exit_code == 0, r.output
+    assert _published_rows(tmp_path / "folder") == ["| NICv2-391 | AR1* | 2 | 21.00 ± 0.50 |",
+                                                    "| NICv2-391 | naive | 1 | 11.00 ± 0.00 |"]
+    r = run("both", "--no-reference", "--reference", str(ref.parent))
+    assert r.exit_code == 2 and "--no-reference cannot be combined with --reference" in r.output
+    r = run("strategies", "--reference-strategies", "ar1*,cwr*")
+    assert r.exit_code == 0, r.output
+    assert [row.split(" | ")[1] for row in _published_rows(tmp_path / "strategies")] == ["AR1*", "CWR*"] * 2
+
+
+def test_accuracy_panels_have_one_y_range_that_fits_every_panel(tmp_path, monkeypatch):
+    """The first panel's data must not fix the panels' common y range: a higher curve in a later panel
+    stays inside the axes."""
+    write_experiment(tmp_path / "res", "low", {0: 0.30}, scenario=79)
+    write_experiment(tmp_path / "res", "high", {0: 0.95})
+    figs = []
+    monkeypatch.setattr(F, "_save", lambda fig, *a: figs.append(fig) or [tmp_path / "fig.png"])
+    F.build_figures([tmp_path / "res"], tmp_path / "figs", reference=F.REFERENCE_RESULTS, only=["accuracy_vs_batches"])
+    (fig,) = figs
+    assert [ax.get_title() for ax in fig.axes] == ["NICv2-79", "NICv2-391"]
+    assert all(ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 95 for ax in fig.axes)
 
 
 def test_figures_are_written_atomically(tmp_path):

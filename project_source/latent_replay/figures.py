@@ -11,7 +11,8 @@ to show is skipped with a log line, never written empty). Name (key of :data:`FI
 
 * ``accuracy_vs_batches`` -> ``fig1_accuracy_vs_batches``: test accuracy vs encountered batches, mean
   over runs with a ±std band, one line per experiment, one panel per scenario; the published curves
-  (``reference``) dashed. Written whenever a run finished.
+  (``reference``; by default on the command line, :data:`REFERENCE_RESULTS`) dashed. Written whenever a
+  run finished.
 * ``final_accuracy_vs_layer`` -> ``fig2_final_accuracy_vs_layer``: final accuracy (mean ± std) vs replay
   layer in network order, one line per method/replay/memory size/dtype (memory size = marker shape,
   dtype = marker fill, native replay = a star at ``data``), no-replay runs as dotted horizontal lines.
@@ -73,7 +74,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FIGURES", "Experiment", "Run", "Report", "load_experiments", "summary_table", "accuracy_curve",
     "accuracy_panels", "layer_series", "memory_series", "memory_footprint", "read_reference_tsv",
-    "load_reference", "reference_x", "make_figures", "build_figures", "figures_command",
+    "load_reference", "reference_x", "REFERENCE_RESULTS", "make_figures", "build_figures", "figures_command",
 ]
 
 #: Figure name -> file stem.
@@ -93,6 +94,9 @@ REFERENCE_TITLES = {"AR1*": "AR1*", "CWR*": "CWR*", "LWF": "LwF", "NAIVE": "naiv
 REFERENCE_COLOURS = {"AR1*": METHOD_COLOURS["ar1"], "CWR*": METHOD_COLOURS["cwr"], "NAIVE": METHOD_COLOURS["naive"],
                      "LWF": "#2ca02c", "EWC": "#9467bd", "AR1*_BN": "#8c564b"}
 _EXTRA_COLOURS = ("#bcbd22", "#e377c2", "#17becf", "#8c564b")
+#: The published rehearsal-free NICv2 curves shipped with the package (CORe50 multi-run TSVs, CC BY 4.0;
+#: source and licence in its README.md): the default of ``latent-replay figures --reference``.
+REFERENCE_RESULTS = Path(__file__).resolve().parent / "resources" / "reference_results"
 #: Storage of the replay memory (figure 4): colour and legend words.
 STORAGE_STYLE = {
     "images": ("#000000", "native replay: uint8 images"),
@@ -828,6 +832,8 @@ def load_reference(path: str | Path, strategies: Sequence[str] | None = None) ->
     displayed, case-insensitive)."""
     path = Path(path)
     files = sorted(path.glob("*.tsv")) if path.is_dir() else [path]
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder")
     if not files:
         raise ValueError(f"{path}: no .tsv file found")
     wanted = {s.strip().lower() for s in strategies} if strategies else None
@@ -988,9 +994,9 @@ def _fig_accuracy(exps, out, formats, reference) -> tuple[list[Path], str | None
         ax.set_title(f"NICv2-{scenario}")
         ax.set_xlabel("encountered batches")
         ax.set_xlim(0, max(xmax, 1))
-        ax.set_ylim(bottom=0)
         if ax is axes[0][0]:
             ax.set_ylabel("test accuracy (%)")
+    axes[0][0].set_ylim(bottom=0)   # shared y: set once every panel is drawn, or the top clips later panels
     order = [lb for lb in all_labels if lb in handles]
     _add_legend(fig, [handles[lb] for lb in order], order, ncol, title)
     return _save(fig, out, FIGURES["accuracy_vs_batches"], formats), None
@@ -1239,7 +1245,8 @@ def make_figures(result_dirs: Iterable[str | Path], out: str | Path, formats: Se
 
     Returns figure name (keys of :data:`FIGURES`, plus ``summary``) -> files written; figures with
     nothing to show are skipped (logged) and absent. ``reference`` is a CORe50 multi-run TSV or a folder
-    of them, drawn dashed on figure 1. Partial and unreadable runs are logged and left out; with no
+    of them (e.g. :data:`REFERENCE_RESULTS`; the API draws none by default, the command line that one),
+    drawn dashed on figure 1. Partial and unreadable runs are logged and left out; with no
     finished run at all nothing is written and ``{}`` is returned.
     """
     return build_figures(result_dirs, out, formats, reference, **kw).written
@@ -1253,19 +1260,26 @@ def make_figures(result_dirs: Iterable[str | Path], out: str | Path, formats: Se
 @click.option("--format", "formats", default="png,pdf", show_default=True,
               help="Comma-separated image formats (any matplotlib format: png, pdf, svg, ...).")
 @click.option("--reference", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Published curves to overlay on figure 1: a CORe50 results_<S>_multirun.tsv or a folder of them.")
+              help="Published curves to overlay on figure 1 (NICv2 scenarios present in the results only): a CORe50 "
+                   "results_<S>_multirun.tsv or a folder of them. Default: the rehearsal-free NICv2 curves shipped "
+                   "with the package (AR1*, CWR*, LwF, naive, EWC, AR1*_BN; 10 runs each).")
+@click.option("--no-reference", is_flag=True, help="Overlay no published curves.")
 @click.option("--reference-strategies", default=None,
               help="Comma-separated published strategies to overlay (e.g. 'AR1*,CWR*'; default: all in the files).")
-def figures_command(result_dirs, out, formats, reference, reference_strategies):
+def figures_command(result_dirs, out, formats, reference, no_reference, reference_strategies):
     """Paper figures and tables from the experiments under RESULT_DIR... (found from their configs).
 
     Writes fig1 (accuracy vs encountered batches), fig2 (final accuracy vs replay layer), fig3 (training
     time and frozen MACs vs layer), fig4 (memory footprint vs layer and dtype), fig5 (final accuracy vs
     memory size) and summary.csv / summary.md into --out; figures with nothing to show are skipped.
+    fig1 and summary.md also show the published rehearsal-free NICv2 curves (shipped; --no-reference: none).
     Folders written by `latent-replay glr-bench` get their average-accuracy plot (glr_<folder>).
     """
     from .glr_bench import bench_figures
 
+    if no_reference and (reference is not None or reference_strategies):
+        raise click.UsageError("--no-reference cannot be combined with --reference or --reference-strategies")
+    reference = None if no_reference else reference or REFERENCE_RESULTS
     strategies = [s for s in reference_strategies.split(",") if s.strip()] if reference_strategies else None
     try:
         report = build_figures(result_dirs, out, formats.split(","), reference, strategies)
