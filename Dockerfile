@@ -1,7 +1,8 @@
 # latent-replay: the trainer (`latent-replay`) on a CUDA-enabled PyTorch image.
 #   docker build -t latent-replay:0.1.0 .
 # Datasets are expected at /datasets (read-only), results at /results (writable); run_experiment.sh
-# (written by run_experiments/prepare_experiment.py) mounts them. Details: docker/README.md.
+# (written by run_experiments/prepare_experiment.py) mounts them. The official NICv2 filelists of
+# batch_filelists/ are copied in (LATENT_REPLAY_FILELISTS names them). Details: docker/README.md.
 #
 # BASE_IMAGE: any image with Python >= 3.10 (with the venv module) as "python3"; the default carries
 # torch 2.14.1 built for CUDA 13.0. Tests build on a local Debian base (no registry needed).
@@ -22,6 +23,7 @@ ENV VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LATENT_REPLAY_CACHE=/results/.cache \
+    LATENT_REPLAY_FILELISTS=/opt/latent-replay/batch_filelists \
     MPLCONFIGDIR=/tmp/matplotlib \
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=68719476736
 
@@ -39,6 +41,8 @@ COPY ${REQUIREMENTS} /tmp/requirements.txt
 RUN pip install --no-cache-dir ${PIP_OPTIONS} --find-links /tmp/wheels -r /tmp/requirements.txt
 
 WORKDIR /opt/latent-replay
+# The shipped filelists (the default filelists folder) before the source: they seldom change.
+COPY batch_filelists/ ./batch_filelists/
 COPY pyproject.toml README.md ./
 COPY project_source/ ./project_source/
 RUN pip install --no-cache-dir ${PIP_OPTIONS} --find-links /tmp/wheels --no-deps . \

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny CORe50-shaped dataset roots written by the tests themselves."""
+"""Shared fixtures: tiny CORe50-shaped dataset roots written by the tests themselves, the shipped filelists."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,8 @@ from PIL import Image
 from latent_replay.data.classes import CORE50_CLASS_NAMES
 from latent_replay.data.filelists import frame_path
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+#: The official CORe50 NICv2 filelists shipped in the repository (runs 0-4, both test lists).
+SHIPPED_FILELISTS = Path(__file__).resolve().parents[1] / "batch_filelists"
 
 
 def write_tiny_root(root: Path, sessions=range(1, 12), objects=(1, 2, 6, 11), frames=3, size=8, seed=0) -> Path:
@@ -34,7 +35,7 @@ def tiny_root(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    if not (REFERENCE / "core50-nicv2-filelists.tar.xz").is_file():
-        pytest.skip("../shared/reference is not available")
-    return REFERENCE
+def shipped_filelists() -> Path:
+    """The repository's ``batch_filelists/`` (always present: they are part of the repository)."""
+    assert (SHIPPED_FILELISTS / "NICv2_391" / "run0").is_dir(), f"{SHIPPED_FILELISTS}: the shipped filelists are missing"
+    return SHIPPED_FILELISTS

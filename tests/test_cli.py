@@ -74,6 +74,28 @@ def test_cache_command(tiny_root, tmp_path):
     assert run(*args).stdout.startswith("98 frames already cached")
 
 
+def test_default_filelists_folder(tiny_root, tmp_path):
+    """Without FILELISTS_DIR: the shipped official lists, or ROOT/batch_filelists where a dataset root is given
+    and holds one (where `filelists make` writes by default)."""
+    from conftest import SHIPPED_FILELISTS
+
+    r = run("filelists", "summary")
+    assert r.exit_code == 0 and r.stdout.startswith("NICv2-391 run 0: 391 batches, 119894 train frames, 2249 test "
+                                                    "frames, 50 classes"), r.output
+    assert "last batch introducing a new class: 340" in r.stdout
+    r = run("filelists", "check", "--scenario", "196", "--runs", "4")
+    assert r.stdout == (f"ok NICv2-196 run 4: 196 batches, 119894 train frames, 2249 test frames "
+                        f"({SHIPPED_FILELISTS / 'NICv2_196' / 'run4'})\n"), r.output
+    r = run("filelists", "check", "--root", tiny_root, "--scenario", "196", "--runs", "0")
+    assert r.exit_code == 1 and r.stderr.startswith(f"Error: {SHIPPED_FILELISTS / 'NICv2_196' / 'run0'}/train_batch_")
+    r = run("filelists", "make", tiny_root, "--scenario", "196", "--runs", "0")
+    assert r.exit_code == 0 and r.stdout.endswith(f"to {tiny_root / 'batch_filelists'}\n"), r.output
+    r = run("filelists", "check", "--root", tiny_root, "--scenario", "196", "--runs", "0")
+    assert r.stdout.endswith(f"({tiny_root / 'batch_filelists' / 'NICv2_196' / 'run0'})\n"), r.output
+    r = run("cache", tiny_root, "--scenario", "196", "--runs", "0", "--cache-dir", tmp_path / "c")
+    assert r.exit_code == 0 and r.stdout.startswith("98 frames decoded"), r.output
+
+
 def test_synth_command_and_demo(tmp_path, monkeypatch):
     r = run("synth", tmp_path / "s", "--sessions", "3", "--categories", "1", "--objects-per-category", "1",
             "--frames", "2", "--size", "16")

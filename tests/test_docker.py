@@ -88,6 +88,10 @@ def test_dockerfile_structure():
     assert i_req < i_src, "requirements must be installed before the source is copied (layer caching)"
     env = " ".join(args for w, args in ins if w == "ENV")
     assert "LATENT_REPLAY_CACHE=/results/.cache" in env and "GLIBC_TUNABLES=" in env
+    # the shipped filelists are in the image, where LATENT_REPLAY_FILELISTS (the default folder) names them
+    i_lists = next(i for i, (w, a) in enumerate(ins) if w == "COPY" and a == "batch_filelists/ ./batch_filelists/")
+    workdir = [a for w, a in ins[:i_lists] if w == "WORKDIR"][-1]
+    assert f"LATENT_REPLAY_FILELISTS={workdir}/batch_filelists" in env
     user = [args for w, args in ins if w == "USER"]
     assert user and user[-1] not in ("root", "0", "0:0") and words.index("USER") > words.index("RUN")
     assert ("ENTRYPOINT", '["/usr/local/bin/latent-replay-entrypoint"]') in ins
@@ -116,7 +120,7 @@ def test_dockerignore_sends_only_what_the_build_copies():
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*"
     included = {ln[1:].rstrip("/") for ln in lines if ln.startswith("!")}
-    assert included == {"pyproject.toml", "README.md", "project_source", "docker"}
+    assert included == {"pyproject.toml", "README.md", "project_source", "batch_filelists", "docker"}
     copied = {args.split()[0].rstrip("/").split("/")[0] for w, args in _instructions() if w == "COPY"}
     copied.discard("${REQUIREMENTS}")
     assert copied <= included
@@ -272,6 +276,7 @@ def test_container_build_and_run(request, tmp_path):
             shutil.copy2(REPO / name, ctx / name)
         ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "*.whl")
         shutil.copytree(REPO / "project_source", ctx / "project_source", ignore=ignore)
+        shutil.copytree(REPO / "batch_filelists", ctx / "batch_filelists")
         shutil.copytree(DOCKER_DIR, ctx / "docker", ignore=ignore)
         (ctx / "docker" / "requirements-smoke.txt").write_text("\n".join(_smoke_requirements()) + "\n")
         r = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(ctx / "docker" / "wheels"),
@@ -293,6 +298,9 @@ def test_container_build_and_run(request, tmp_path):
         assert cfg["User"] == "10001:10001" and cfg["Entrypoint"] == ["/usr/local/bin/latent-replay-entrypoint"]
         r = _sh([*podman, "run", "--rm", "--network", "none", IMAGE, "--version"], env=env)
         assert r.stdout.strip() == f"latent-replay, version {__version__}"
+        # the shipped official filelists are the image's default filelists folder
+        r = _sh([*podman, "run", "--rm", "--network", "none", IMAGE, "filelists", "summary"], env=env)
+        assert r.stdout.startswith("NICv2-391 run 0: 391 batches, 119894 train frames, 2249 test frames, 50 classes")
         r = subprocess.run(["bash", str(DOCKER_DIR / "first_check_nvidia-container-toolkit.sh")], env=env,
                            capture_output=True, text=True)
         assert r.returncode == 1 and "PyTorch sees no CUDA device" in r.stderr   # podman ignores --gpus

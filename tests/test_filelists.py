@@ -150,3 +150,25 @@ def test_format_int_list_inverts_parse_int_list():
     assert format_int_list([4]) == "4" and format_int_list([]) == ""
     for text in ("0-4", "0,2,4", "0-2,7", "1,3-5,9-10"):
         assert format_int_list(parse_int_list(text)) == text
+
+
+def test_default_filelists_root(tmp_path, monkeypatch):
+    """The checkout's batch_filelists/ (found from the package's own path), $LATENT_REPLAY_FILELISTS first,
+    a dataset root's batch_filelists/ before both; one line naming what is missing."""
+    from conftest import SHIPPED_FILELISTS
+
+    from latent_replay.data import filelists as F
+
+    monkeypatch.delenv(F.FILELISTS_ENV, raising=False)
+    assert F.shipped_filelists_root() == SHIPPED_FILELISTS == F.default_filelists_root(tmp_path)
+    (tmp_path / "db" / "batch_filelists").mkdir(parents=True)
+    assert F.default_filelists_root(tmp_path / "db") == tmp_path / "db" / "batch_filelists"
+    monkeypatch.setenv(F.FILELISTS_ENV, str(tmp_path / "db" / "batch_filelists"))   # an installed copy (Docker)
+    monkeypatch.setattr(F, "_CHECKOUT", tmp_path / "lib")
+    assert F.default_filelists_root() == tmp_path / "db" / "batch_filelists"
+    monkeypatch.setenv(F.FILELISTS_ENV, str(tmp_path / "none"))
+    with pytest.raises(FilelistError, match=rf"^LATENT_REPLAY_FILELISTS={tmp_path}/none: not a folder"):
+        F.default_filelists_root()
+    monkeypatch.delenv(F.FILELISTS_ENV)
+    with pytest.raises(FilelistError, match=rf"^no shipped filelists: {tmp_path}/lib/batch_filelists does not exist"):
+        F.default_filelists_root()

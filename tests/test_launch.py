@@ -445,6 +445,74 @@ def test_shim_without_the_dependencies_uses_the_checkout_venv_or_says_what_to_do
                         "or `pip install -e .`\n")
 
 
+# ----------------------------------------------------------------- the shipped filelists by default
+@pytest.fixture(scope="module")
+def frames_only_core50(tmp_path_factory):
+    """A CORe50 folder without filelists holding (empty) every frame that the shipped NICv2-391 run 0 and the
+    reduced test list name, all that prepare checks (that each frame exists); runs 1-4 hold the same frames."""
+    from conftest import SHIPPED_FILELISTS
+
+    from latent_replay.data.classes import CORE50_CLASS_NAMES
+    from latent_replay.data.nicv2 import load_scenario
+
+    root = tmp_path_factory.mktemp("fresh") / "core50"
+    images = root / "core50_128x128"
+    sc = load_scenario(SHIPPED_FILELISTS, 391, 0)
+    paths = {p for fl in (*sc.batches, sc.test) for p in fl.paths}
+    for folder in {p.rpartition("/")[0] for p in paths}:
+        (images / folder).mkdir(parents=True)
+    for p in paths:
+        os.close(os.open(images / p, os.O_CREAT | os.O_WRONLY, 0o644))
+    (root / "core50_labels.txt").write_text("\n".join(CORE50_CLASS_NAMES) + "\n")
+    return root
+
+
+def test_the_originals_command_on_a_fresh_clone(frames_only_core50, tmp_path):
+    """The README's command with only a CORe50 folder: the shipped official lists are the default, mounted
+    read-only at /filelists."""
+    r = subprocess.run([sys.executable, str(SHIM), "AR1F", "391", "latent", str(frames_only_core50),
+                        "--latent_layer", "conv5_4/dw", "--nvidia_docker", "new"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("info: replay memory not given: 1500 patterns\n")
+    exp = tmp_path / "results" / "ar1free_nicv2_391_latent_conv5_4dw_m1500"
+    cfg = ExperimentConfig.load(exp / CONFIG_FILE)
+    assert (cfg.method, cfg.scenario, cfg.replay, cfg.latent_layer, cfg.replay_memory, cfg.runs) == \
+        ("ar1free", 391, "latent", "conv5_4/dw", 1500, [0, 1, 2, 3, 4])
+    assert (cfg.dataset_root, cfg.filelists, cfg.out) == ("/datasets", "/filelists", "/results")
+    script = (exp / RUN_SCRIPT).read_text()
+    assert f"-v {REPO / 'batch_filelists'}:/filelists:ro" in script and "--gpus all" in script
+    assert os.access(exp / RUN_SCRIPT, os.X_OK)
+
+
+def test_shipped_lists_name_what_is_missing(tiny_root, tmp_path, capsys):
+    """Without DB_PATH/batch_filelists the shipped lists are used: a run they lack and frames a partial
+    dataset lacks are rejected with what to do."""
+    out = tmp_path / "r"
+    code, _, err = run(["AR1F", "391", "no", tiny_root, "--runs", "7", "--out", out], capsys)
+    assert_rejected(code, err, out, f"argument --filelists: {REPO / 'batch_filelists'}: no folder for NICv2-391 run 7")
+    assert "(the shipped lists hold runs 0-4; all 10 official runs: latent-replay download filelists --root" in err
+    code, _, err = run(["AR1F", "391", "no", tiny_root, "--runs", "0", "--out", out], capsys)
+    assert_rejected(code, err, out, f"argument --filelists: {REPO / 'batch_filelists'}/NICv2_391/run0/train_batch_")
+    assert f"does not exist under {tiny_root / 'core50_128x128'} (" in err
+    assert f"for a partial dataset make lists of its frames: latent-replay filelists make {tiny_root} --out " \
+           f"{tiny_root / 'batch_filelists'}, used by default)" in err
+
+
+def test_no_shipped_lists_is_one_line(tiny_root, tmp_path, capsys, monkeypatch):
+    """An installed copy without the checkout's lists and without LATENT_REPLAY_FILELISTS."""
+    from latent_replay.data import filelists
+
+    monkeypatch.setattr(filelists, "_CHECKOUT", tmp_path / "site-packages")
+    monkeypatch.delenv(filelists.FILELISTS_ENV, raising=False)
+    out = tmp_path / "r"
+    code, _, err = run(["AR1F", "391", "no", tiny_root, "--out", out], capsys)
+    assert_rejected(code, err, out, "argument --filelists: no shipped filelists: ")
+    monkeypatch.setenv(filelists.FILELISTS_ENV, str(tmp_path / "nowhere"))
+    code, _, err = run(["AR1F", "391", "no", tiny_root, "--out", out], capsys)
+    assert_rejected(code, err, out, f"argument --filelists: LATENT_REPLAY_FILELISTS={tmp_path / 'nowhere'}: not a folder")
+
+
 # ------------------------------------------------------------------------- run scripts: golden files
 def _plan(launcher, flavour, device="auto", mounts=True):
     cfg = ExperimentConfig(method="ar1free", scenario=391, replay="latent", runs=[0, 1, 2, 3, 4], device=device,

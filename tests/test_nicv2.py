@@ -1,12 +1,10 @@
-"""NICv2 generator structure, determinism, writing, and the comparison with the official filelists."""
+"""NICv2 generator structure, determinism and writing (the comparison with the official filelists:
+test_shipped_filelists.py)."""
 from __future__ import annotations
-
-import tarfile
-from collections import Counter
 
 import pytest
 
-from latent_replay.data.filelists import FilelistError, frame_path, parse_frame_path, read_filelist
+from latent_replay.data.filelists import FilelistError, frame_path, parse_frame_path
 from latent_replay.data.nicv2 import (
     inventory_from_paths, inventory_from_root, load_scenario, make_nicv2, make_test, write_nicv2,
 )
@@ -126,44 +124,3 @@ def test_summary(tiny_root, tmp_path):
         assert set(r.new_classes) == set(r.classes) - seen
         seen |= set(r.classes)
     assert seen == {0, 1, 5, 10}
-
-
-# ----------------------------------------------------------------------------- official filelists
-@pytest.fixture(scope="module")
-def official(reference_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("official")
-    with tarfile.open(reference_dir / "core50-nicv2-filelists.tar.xz") as tar:
-        tar.extractall(out, filter="data")
-    return out
-
-
-def test_official_lists_read_and_validate(official):
-    for scenario, n in ((79, 79), (196, 196), (391, 391)):
-        sc = load_scenario(official, scenario, 0)
-        assert len(sc) == n and sc.train_frames == 119_894 and len(sc.test) == 2_249
-
-
-def test_generator_reproduces_official_structure(official):
-    full_test = read_filelist(official / "test_filelist.txt")
-    inv = inventory_from_paths(
-        [p for b in load_scenario(official, 391, 0).batches for p in b.paths] + list(full_test.paths))
-    test = make_test(inv)
-    assert len(test) == 44_972
-    assert test.paths == full_test.paths and test.labels.tolist() == full_test.labels.tolist()
-    reduced = read_filelist(official / "test_filelist_20.txt")
-    assert len(reduced) == 2_249 and test.every(20).paths == reduced.paths
-    for scenario in (79, 196, 391):
-        for run in (0, 4):
-            off = load_scenario(official, scenario, run)
-            ours = make_nicv2(inv, scenario, run)
-            assert len(ours) == len(off)
-            assert ours[0].paths == off.batches[0].paths  # batch 0: same frames, same order
-            assert sum(map(len, ours)) == off.train_frames == 119_894
-            per = {79: 5, 196: 2, 391: 1}[scenario]
-            assert all(len(_videos(b)) == per for b in ours[1:])
-            assert {v for b in ours for v in _videos(b)} == {v for b in off.batches for v in _videos(b)}
-            if scenario == 391:  # one video per batch: the frames-per-batch multiset must match
-                assert Counter(map(len, ours)) == Counter(map(len, off.batches))
-            else:
-                lo, hi = min(map(len, off.batches[1:])), max(map(len, off.batches[1:]))
-                assert all(lo - 30 <= len(b) <= hi for b in ours[1:])

@@ -248,8 +248,8 @@ def test_union_of_grids_and_values_that_give_nothing(db, tmp_path):
 
 def test_example_sweep_file_and_filelists_checked_once(db, tmp_path, monkeypatch):
     data = json.loads((REPO / "run_experiments" / "sweeps" / "example_sweep.json").read_text())
-    for key in ("filelists", "weights"):
-        del data[key]
+    assert "filelists" not in data   # the default: DB_PATH/batch_filelists if present, else the shipped lists
+    del data["weights"]
     data.update(db_path=str(db), out=str(tmp_path / "out"), runs="0-1")
     checks = []
     real = launch._check_filelists

@@ -13,7 +13,7 @@ import click
 
 from .config import ConfigError, ExperimentConfig
 from .data.core50 import DatasetError, load_frames, open_root
-from .data.filelists import SCENARIOS, FilelistError
+from .data.filelists import FILELISTS_DIR, SCENARIOS, FilelistError, default_filelists_root
 from .utils import parse_int_list, setup_logging
 
 log = logging.getLogger("latent_replay")
@@ -128,8 +128,9 @@ def filelists():
 
 @filelists.command("make")
 @click.argument("root", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("batch_filelists"),
-              show_default=True, help="Folder to write NICv2_<S>/run<R>/ and the test lists into.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder to write NICv2_<S>/run<R>/ and the test lists into (default ROOT/batch_filelists, "
+                   "which prepare, cache and filelists check then use by default).")
 @scenario_option
 @click.option("--runs", default="0-9", show_default=True, callback=_runs, help="Runs, e.g. 0-4 or 0,2.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed combined with the run number.")
@@ -139,6 +140,7 @@ def filelists_make(root, out, scenarios, runs, seed, force):
     from .data.nicv2 import inventory_from_root, write_nicv2
 
     ds = open_root(root)
+    out = out if out is not None else ds.root / FILELISTS_DIR
     inventory = inventory_from_root(ds.images_dir)
     scenarios = [int(s) for s in scenarios] or list(SCENARIOS)
     write_nicv2(out, inventory, scenarios, runs, seed=seed, overwrite=force)
@@ -147,17 +149,21 @@ def filelists_make(root, out, scenarios, runs, seed, force):
 
 
 @filelists.command("check")
-@click.argument("filelists_dir", type=click.Path(path_type=Path))
+@click.argument("filelists_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Dataset root: also check that every frame exists.")
 @scenario_option
 @click.option("--runs", default="0-4", show_default=True, callback=_runs)
 @click.option("--full-test", is_flag=True, help="Check the full test list instead of the reduced one.")
 def filelists_check(filelists_dir, root, scenarios, runs, full_test):
-    """Validate every filelist of the given scenarios and runs (format, labels, frames)."""
+    """Validate every filelist of the given scenarios and runs (format, labels, frames).
+
+    FILELISTS_DIR defaults to ROOT/batch_filelists if present, else the official lists shipped with the suite.
+    """
     from .data.nicv2 import load_scenario
 
     images_dir = open_root(root).images_dir if root is not None else None
+    filelists_dir = filelists_dir or default_filelists_root(root)
     for s in [int(s) for s in scenarios] or list(SCENARIOS):
         for r in runs:
             sc = load_scenario(filelists_dir, s, r, reduced_test=not full_test, images_dir=images_dir)
@@ -195,30 +201,38 @@ def format_summary(sc, max_rows: int = 12) -> str:
 
 
 @filelists.command("summary")
-@click.argument("filelists_dir", type=click.Path(path_type=Path))
+@click.argument("filelists_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--scenario", type=click.Choice([str(s) for s in SCENARIOS]), default="391", show_default=True)
 @click.option("--run", default=0, show_default=True)
 @click.option("--full-test", is_flag=True)
 def filelists_summary(filelists_dir, scenario, run, full_test):
-    """Print batches, frames and classes introduced per batch for one scenario run."""
+    """Print batches, frames and classes introduced per batch for one scenario run.
+
+    FILELISTS_DIR defaults to the official lists shipped with the suite.
+    """
     from .data.nicv2 import load_scenario
 
+    filelists_dir = filelists_dir or default_filelists_root()
     click.echo(format_summary(load_scenario(filelists_dir, int(scenario), run, reduced_test=not full_test)))
 
 
 @main.command()
 @click.argument("root", type=click.Path(path_type=Path))
-@click.argument("filelists_dir", type=click.Path(path_type=Path))
+@click.argument("filelists_dir", type=click.Path(path_type=Path), required=False)
 @scenario_option
 @click.option("--runs", default="0-4", show_default=True, callback=_runs)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Default: $LATENT_REPLAY_CACHE, else $XDG_CACHE_HOME/latent-replay, else ~/.cache/latent-replay.")
 @click.option("--workers", type=int, default=None)
 def cache(root, filelists_dir, scenarios, runs, cache_dir, workers):
-    """Decode every frame of the given scenarios once into the frame cache."""
+    """Decode every frame of the given scenarios once into the frame cache.
+
+    FILELISTS_DIR defaults to ROOT/batch_filelists if present, else the official lists shipped with the suite.
+    """
     from .data.nicv2 import load_scenario
 
     ds = open_root(root)
+    filelists_dir = filelists_dir or default_filelists_root(root)
     paths: set[str] = set()
     for s in [int(s) for s in scenarios] or list(SCENARIOS):
         for r in runs:

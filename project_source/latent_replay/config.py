@@ -248,7 +248,9 @@ class ExperimentConfig:
     preprocessing: str = "auto"
     weights: Optional[str] = None
     dataset_root: str = "/datasets"
-    filelists: str = "batch_filelists"
+    #: NICv2 filelists folder; None = <dataset_root>/batch_filelists if present, else the official lists
+    #: shipped with the suite (:func:`~latent_replay.data.filelists.default_filelists_root`).
+    filelists: Optional[str] = None
     test_list: str = "reduced"
     device: str = "auto"
     #: Decoded-frame cache folder; None = $LATENT_REPLAY_CACHE, else $XDG_CACHE_HOME/latent-replay, else ~/.cache/latent-replay.

@@ -140,8 +140,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     n.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"results folder; the experiment goes to DIR/<experiment>/ (default {DEFAULT_OUT})")
     n.add_argument("--filelists", default=None, metavar="DIR",
-                   help="NICv2 filelists (official or generated; default DB_PATH/batch_filelists, "
-                        "else the repository's batch_filelists/)")
+                   help="NICv2 filelists (official or generated; default DB_PATH/batch_filelists if present, "
+                        "else the official lists shipped in the repository's batch_filelists/, runs 0-4)")
     n.add_argument("--weights", default=None, metavar="FILE", help="ImageNet weights (default: random init)")
     n.add_argument("--image", default=None, metavar="NAME:TAG", help=f"docker image (default {default_image()})")
     n.add_argument("--max_batches", "--max-batches", default=None, metavar="N",
@@ -250,20 +250,41 @@ def _check_dataset(db_path: str) -> Path:
 
 
 def _default_filelists(db: Path) -> Path:
-    candidate = db / "batch_filelists"
-    if candidate.is_dir():
-        return candidate
-    root = repo_root()
-    return root / "batch_filelists" if root is not None else candidate
+    """DB_PATH/batch_filelists if present, else the shipped official lists."""
+    from .data.filelists import FilelistError, default_filelists_root
+
+    try:
+        return default_filelists_root(db)
+    except FilelistError as exc:
+        raise UsageError("--filelists", str(exc)) from None
+
+
+def _filelists_hint(path: Path, db: Path, missing_frames: bool = False) -> str:
+    """What to do when the filelists at ``path`` lack a scenario or run, or name frames DB_PATH lacks ("" if
+    nothing more can be said)."""
+    from .data.filelists import FilelistError, shipped_filelists_root
+
+    try:
+        shipped = path == shipped_filelists_root()
+    except FilelistError:
+        shipped = False
+    q = shlex.quote
+    if missing_frames:
+        return (f"the shipped lists name frames of the full CORe50; for a partial dataset make lists of its "
+                f"frames: latent-replay filelists make {q(str(db))} --out {q(str(db / 'batch_filelists'))}, "
+                "used by default") if shipped else ""
+    if shipped:
+        return f"the shipped lists hold runs 0-4; all 10 official runs: latent-replay download filelists --root {q(str(db))}"
+    return f"make them with: latent-replay filelists make {q(str(db))} --out {q(str(path))}"
 
 
 def _check_filelists(path: Path, scenario: int, runs: list[int], images_dir: Path, db: Path) -> None:
     from .data.filelists import FilelistError, PathIndex
     from .data.nicv2 import load_scenario
 
-    hint = f"make them with: latent-replay filelists make {shlex.quote(str(db))} --out {shlex.quote(str(path))}"
     if not path.is_dir():
-        raise UsageError("--filelists", f"{path} is not a folder of NICv2 filelists ({hint}, or pass --filelists DIR)")
+        raise UsageError("--filelists", f"{path} is not a folder of NICv2 filelists "
+                                        f"({_filelists_hint(path, db)}, or pass --filelists DIR)")
     index = PathIndex(images_dir)
     try:
         for run in runs:
@@ -271,10 +292,12 @@ def _check_filelists(path: Path, scenario: int, runs: list[int], images_dir: Pat
             for fl in (*sc.batches, sc.test):
                 index.check(fl)
     except FilelistError as exc:
-        msg = str(exc)
+        msg, hint = str(exc), ""
         if "no folder for NICv2" in msg:
-            msg += f" ({hint})"
-        raise UsageError("--filelists", msg) from None
+            hint = _filelists_hint(path, db)
+        elif " does not exist under " in msg:
+            hint = _filelists_hint(path, db, missing_frames=True)
+        raise UsageError("--filelists", f"{msg} ({hint})" if hint else msg) from None
 
 
 def _check_filelists_once(memo: dict | None, path: Path, scenario: int, runs: list[int], images_dir: Path,

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .config import INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, RESUMABLE_CHANGES, ConfigError, ExperimentConfig
 from .data.core50 import DatasetError, FrameStore, load_frames, open_root, preprocess
+from .data.filelists import default_filelists_root
 from .data.nicv2 import Scenario, load_scenario
 from .methods import DECAY_MULTS, make_method
 from .models import BRNConfig, MobileNetV1, param_names_by_kind, recompute_bn_relu, split
@@ -741,7 +742,8 @@ class Trainer:
             raise DatasetError(f"dataset_root: {exc}") from None
         if cfg.weights is not None and not Path(cfg.weights).is_file():
             raise ConfigError(f"weights: {cfg.weights}: no such file")
-        self.scenarios = {r: load_scenario(cfg.filelists, cfg.scenario, r, reduced_test=cfg.test_list == "reduced",
+        filelists = cfg.filelists if cfg.filelists is not None else default_filelists_root(cfg.dataset_root)
+        self.scenarios = {r: load_scenario(filelists, cfg.scenario, r, reduced_test=cfg.test_list == "reduced",
                                            images_dir=self.root.images_dir) for r in cfg.runs}
         self._check_weights()
         paths = {p for sc in self.scenarios.values() for fl in (*sc.batches, sc.test) for p in fl.paths}

@@ -13,6 +13,9 @@ Scenario folders come in three namings, all accepted when reading:
 each holding ``train_batch_<XX>_filelist.txt`` with the batch number padded to two or three digits.
 The test lists (``test_filelist.txt``, ``test_filelist_20.txt``) are looked up in the run folder,
 then the scenario folder, then the filelists root.
+
+The suite ships CORe50's official lists (runs 0-4 of each scenario, both test lists) in the checkout's
+``batch_filelists/``; :func:`default_filelists_root` is the folder every command uses when given none.
 """
 from __future__ import annotations
 
@@ -37,6 +40,12 @@ TEST_FULL = "test_filelist.txt"
 TEST_REDUCED = "test_filelist_20.txt"
 #: The reduced test list keeps every 20th line of the full one (indices 0, 20, 40, ...).
 REDUCED_STEP = 20
+#: The folder of the shipped lists in the checkout, and the default folder name under a dataset root.
+FILELISTS_DIR = "batch_filelists"
+#: Names the shipped lists' folder for an installed copy without the checkout (the Docker image sets it).
+FILELISTS_ENV = "LATENT_REPLAY_FILELISTS"
+#: ``<checkout>/project_source/latent_replay/data/filelists.py`` -> ``<checkout>``.
+_CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 class FilelistError(ValueError):
@@ -85,7 +94,7 @@ def parse_frame_path(path: str) -> tuple[int, int, int] | None:
     m = FRAME_RE.match(path)
     if not m:
         return None
-    s_dir, o_dir, s_file, o_file, frame = (int(g) for g in m.groups())
+    s_dir, o_dir, s_file, o_file, frame = map(int, m.groups())
     if s_dir != s_file or o_dir != o_file:
         return None
     return s_dir, o_dir, frame
@@ -173,6 +182,33 @@ def write_filelist(path: str | os.PathLike, paths: Sequence[str], labels: Iterab
     if len(labels) != len(paths):
         raise ValueError(f"{path}: {len(paths)} paths but {len(labels)} labels")
     atomic_write_text(path, "".join(f"{p} {lab}\n" for p, lab in zip(paths, labels)))
+
+
+def shipped_filelists_root() -> Path:
+    """The official NICv2 filelists shipped with the suite: ``$LATENT_REPLAY_FILELISTS`` when set (the
+    Docker image sets it to its copy), else the checkout's ``batch_filelists/``."""
+    env = os.environ.get(FILELISTS_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not path.is_dir():
+            raise FilelistError(f"{FILELISTS_ENV}={env}: not a folder (it names the shipped {FILELISTS_DIR}/)")
+        return path.resolve()
+    if (_CHECKOUT / FILELISTS_DIR).is_dir():
+        return _CHECKOUT / FILELISTS_DIR
+    raise FilelistError(f"no shipped filelists: {_CHECKOUT / FILELISTS_DIR} does not exist (an installed copy "
+                        f"without the checkout) and {FILELISTS_ENV} is not set (set it to a checkout's "
+                        f"{FILELISTS_DIR}/, or name a filelists folder)")
+
+
+def default_filelists_root(dataset_root: str | os.PathLike | None = None) -> Path:
+    """The filelists folder to use when none is given: ``<dataset_root>/batch_filelists`` when that
+    folder exists (where ``latent-replay download`` puts the official lists, all 10 runs), else the
+    shipped lists (:func:`shipped_filelists_root`)."""
+    if dataset_root is not None:
+        root = Path(dataset_root).expanduser()
+        if (root / FILELISTS_DIR).is_dir():
+            return root.resolve() / FILELISTS_DIR
+    return shipped_filelists_root()
 
 
 def find_scenario_dir(filelists_root: str | os.PathLike, scenario: int, run: int) -> Path:
