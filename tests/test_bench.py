@@ -55,7 +55,8 @@ def test_bench_trainer_quick_prints_the_figures():
                 "eval_full_forward_seconds", "peak_rss_bytes", "memory_bytes"):
         assert lat[key] > 0, key
     assert lat["eval_cache_equal"] and lat["glibc_tuned"] and lat["split_layer"] == "conv5_4/dw"
-    assert lat["memory_patterns"] == 40 and lat["rows"] == 30 + 40   # one epoch: every new and memory row once
+    # one epoch: ceil((30 + 40) / 16) = 5 full minibatches of 7 new + 9 memory rows
+    assert lat["memory_patterns"] == 40 and lat["rows"] == 5 * 16
     assert lat["memory_bytes"] == 40 * (512 * 2 * 2 * 4 + 8)        # conv5_4/dw at 32x32, float32 + labels
     assert out["cases"]["none"]["memory_bytes"] == 0
     assert "cache_test_latents_eval_speedup@conv5_4/dw" in out["derived"]

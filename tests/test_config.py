@@ -217,3 +217,17 @@ def test_keys_that_mean_nothing_for_an_experiment_are_not_compared():
     for damaged in ({**rec, "method": ["naive"]}, {**rec, "replay": {"x": 1}}, {**rec, "profile": 3}):
         changed = naive.trained_otherwise(damaged)
         assert changed and set(changed) <= {"method", "replay", "profile"}
+
+
+def test_results_recorded_before_full_minibatches_count_as_trained_otherwise():
+    """A summary or checkpoint whose switches lack count_ties_as_miss was written when the fixed profile
+    cut short last minibatches: those results trained otherwise (the caffe profile's padding was the same;
+    its accuracy now counts ties as misses)."""
+    fixed, caffe = ExperimentConfig(), ExperimentConfig(profile="caffe")
+    for cfg in (fixed, caffe):
+        assert cfg.trained_otherwise(cfg.to_dict(), cfg.describe_fidelity()) == []
+    old_fixed = {k: v for k, v in fixed.describe_fidelity().items() if k != "count_ties_as_miss"}
+    assert fixed.trained_otherwise(fixed.to_dict(), old_fixed) == ["fidelity.pad_training_like_caffe"]
+    old_caffe = {k: v for k, v in caffe.describe_fidelity().items() if k != "count_ties_as_miss"}
+    assert caffe.trained_otherwise(caffe.to_dict(), old_caffe) == ["fidelity.count_ties_as_miss"]
+    assert PROFILE_SWITCHES["caffe"]["count_ties_as_miss"] is True and Fidelity().count_ties_as_miss is False

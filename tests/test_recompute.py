@@ -143,7 +143,7 @@ def test_a_freed_output_address_is_not_mistaken_for_it():
     with recompute_bn_relu() as reg:
         y = torch.ones(4, requires_grad=True) * 2
         z = torch.ones(4)
-        recompute.register_block_output(y, z, (torch.ones(1), torch.zeros(1)), 1e-5)
+        recompute.register_block_output(y, z, (torch.ones(1), torch.zeros(1), None, None), 1e-5)
         entry = next(iter(reg.outputs.values()))
         dead = weakref.ref(y)
         del y

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from latent_replay.data.filelists import (
@@ -114,3 +115,35 @@ def test_the_shipped_lists_are_the_default_folder(shipped_filelists, tmp_path, m
     monkeypatch.delenv(FILELISTS_ENV, raising=False)
     assert shipped_filelists_root() == shipped_filelists == default_filelists_root()
     assert default_filelists_root(tmp_path) == shipped_filelists   # a dataset root without batch_filelists/
+
+
+#: Iterations of one run with a 1,500-pattern memory, the original's count (ceil((n + M) / 128) per
+#: epoch, 4 epochs; batch 0: 96), in both profiles.
+ITERATIONS_M1500 = {79: 7_584, 196: 13_356, 391: 23_496}
+
+
+@pytest.mark.parametrize("scenario", FACTS)
+def test_full_minibatches_and_the_originals_iteration_count(scenarios, scenario):
+    """On the shipped lists, runs 0-4, replay memory 1,500: the caffe and the fixed profile run the
+    original's iterations; every minibatch holds exactly k_new new and k_mem memory rows; in the fixed
+    profile every epoch visits every new pattern of its batch."""
+    from latent_replay.train import plan_batch
+
+    for r in RUNS:
+        sizes = [len(b) for b in scenarios[scenario, r].batches]
+        for pad in (True, False):
+            perm = np.random.default_rng([r, pad]).permutation
+            plans = [plan_batch(n, 1500 if b else 0, minibatch=128, epochs=4, pad=pad, count_memory=True, perm=perm)
+                     for b, n in enumerate(sizes)]
+            assert sum(p.iterations for p in plans) == ITERATIONS_M1500[scenario], (r, pad)
+            for n, p in zip(sizes, plans):
+                assert len(p.new_order) % p.k_new == 0 and len(p.mem_order) % max(p.k_mem, 1) == 0
+                assert p.k_new + p.k_mem == 128 and p.iters_per_epoch >= p.new_chunks   # an epoch reaches every chunk
+                if not pad:
+                    assert set(p.new_order.tolist()) == set(range(n))
+        first = plans[1]   # one fixed-profile batch checked row by row
+        assert all(len(first.new_rows(i)) + len(first.mem_rows(i)) == 128 for i in range(first.iterations))
+        epochs = [set(np.concatenate([first.new_rows(e * first.iters_per_epoch + i)
+                                                       for i in range(first.iters_per_epoch)]).tolist())
+                  for e in range(4)]
+        assert all(seen == set(range(sizes[1])) for seen in epochs)

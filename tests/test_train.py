@@ -16,7 +16,7 @@ from latent_replay.config import ConfigError, ExperimentConfig
 from latent_replay.data.nicv2 import inventory_from_root, write_nicv2
 from latent_replay.data.synthetic import write_synthetic_core50
 from latent_replay.rowfile import RowFile
-from latent_replay.train import RunTrainer, Trainer, pad_indices, plan_batch
+from latent_replay.train import RunTrainer, Trainer, hits, pad_indices, pad_random, plan_batch
 
 
 def _plan(n, m, pad, count_memory=True, epochs=4):
@@ -33,15 +33,51 @@ def _plan(n, m, pad, count_memory=True, epochs=4):
     (300, 0, 128, 0, 384, 0, 3),           # NICv2-391 without replay
 ])
 def test_spec_table_5_2(pad, n, m, k_new, k_mem, new_len, mem_len, per_epoch):
+    """Both profiles: the original's split, padded lengths and iteration count (spec §5.2)."""
     s = _plan(n, m, pad)
     assert (s.k_new, s.k_mem, s.iters_per_epoch, s.iterations) == (k_new, k_mem, per_epoch, 4 * per_epoch)
-    if pad:  # padded to a multiple of the share by prepending duplicates
-        assert (len(s.new_order), len(s.mem_order)) == (new_len, mem_len)
-    else:    # every pattern once per epoch, no duplicates
-        assert sorted(s.new_order.tolist()) == list(range(n)) and len(s.mem_order) == m
+    assert (len(s.new_order), len(s.mem_order)) == (new_len, mem_len)
+    assert set(s.new_order.tolist()) == set(range(n)) and set(s.mem_order.tolist()) == set(range(m))
     seen = np.concatenate([s.new_rows(it) for it in range(s.iters_per_epoch)])
     assert set(seen.tolist()) == set(range(n))  # one epoch visits every new pattern
-    assert all(len(s.new_rows(it)) + len(s.mem_rows(it)) <= 128 for it in range(s.iterations))
+    # every minibatch is full: exactly k_new new and k_mem memory rows
+    assert all((len(s.new_rows(it)), len(s.mem_rows(it))) == (k_new, k_mem) for it in range(s.iterations))
+
+
+@pytest.mark.parametrize("n, k", [(300, 21), (2999, 128), (5, 4), (3, 8), (1, 5), (0, 4)])
+def test_padding_rows(n, k):
+    """caffe prepends the first rows (cycling when the list is shorter than the padding: the original
+    fails there); fixed pads with distinct random rows (again cycling only when it must)."""
+    extra = (-n) % k
+    caffe = pad_indices(n, k)
+    assert caffe.tolist() == [i % max(n, 1) for i in range(extra)] + list(range(n))
+    fixed = pad_random(n, k, np.random.default_rng(0).permutation)
+    assert len(fixed) == n + extra and fixed[:n].tolist() == list(range(n))
+    counts = np.bincount(fixed, minlength=max(n, 1))[:n] if n else []
+    assert all(c in (1 + extra // n, 2 + extra // n) for c in counts) if n else len(fixed) == 0
+    if 0 < extra <= n:
+        assert len(set(fixed[n:].tolist())) == extra   # distinct padding rows
+
+
+def test_padded_test_list_shorter_than_a_test_minibatch():
+    """A 15-frame test list with 100 per test minibatch: padding cycles instead of failing."""
+    assert len(pad_indices(15, 100)) == 100 and set(pad_indices(15, 100).tolist()) == set(range(15))
+
+
+def test_tiny_batches_cycle_chunks_across_epochs():
+    """Where rounding k_new down gives the padded batch one chunk more than an epoch has iterations, the
+    chunks cycle across epoch boundaries (as the original): every pattern is still visited, floor or
+    ceil of iterations / chunks times."""
+    s = _plan(20, 300, pad=False)   # k_new = round(8.0) = 8: 3 chunks; ceil(320/128) = 3 iterations / epoch
+    assert (s.k_new, s.new_chunks, s.iters_per_epoch) == (8, 3, 3)
+    s = _plan(11, 117, pad=False)   # k_new = 11, 1 chunk; 1 iteration per epoch
+    assert (s.new_chunks, s.iters_per_epoch) == (1, 1)
+    s = _plan(13, 243, pad=False)   # k_new = round(6.5) = 6: 3 chunks, but ceil(256/128) = 2 per epoch
+    assert (s.k_new, s.new_chunks, s.iters_per_epoch, s.iterations) == (6, 3, 2, 8)
+    first_epoch = np.concatenate([s.new_rows(it) for it in range(2)])
+    assert set(first_epoch.tolist()) != set(range(13))        # an epoch cannot visit all 13
+    visits = np.bincount(np.concatenate([s.new_rows(it) for it in range(s.iterations)]), minlength=13)
+    assert visits.min() >= 8 // 3 and set(range(13)) <= set(np.flatnonzero(visits).tolist())
 
 
 @pytest.mark.parametrize("n, m, k_new", [(5, 251, 2), (3, 253, 2), (7, 249, 4), (300, 1500, 21)])
@@ -59,6 +95,13 @@ def test_caffe_replay_when_none_sees_252_of_300():
 def test_pad_indices():
     assert pad_indices(5, 4).tolist() == [0, 1, 2, 0, 1, 2, 3, 4]
     assert pad_indices(8, 4).tolist() == list(range(8))
+
+
+def test_ties_count_as_miss_like_caffe():
+    logits = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 3.0, 3.0], [0.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 1, 2, 2])
+    assert hits(logits, labels).tolist() == [True, True, False, False]           # argmax: first index wins
+    assert hits(logits, labels, ties_miss=True).tolist() == [False, True, False, False]
 
 
 # ------------------------------------------------------------------------------ tiny experiments
@@ -764,3 +807,30 @@ def test_test_frames_resident_as_on_a_gpu_give_the_same_metrics_and_are_dropped_
         rows[resident] = [(r["test_accuracy"], r["train_loss"], r["train_accuracy"]) for r in rt.rows]
         assert rt._test_frames is None
     assert rows[True] == rows[False] and len(rows[True]) == 3
+
+
+def test_filelists_default_to_the_dataset_roots_then_the_shipped_ones(tiny, tmp_path):
+    """Without a ``filelists`` key the trainer reads ``<dataset_root>/batch_filelists`` when present (else
+    the shipped official lists, tests/test_shipped_filelists.py)."""
+    root = tmp_path / "core50"
+    root.mkdir()
+    for entry in (tiny / "core50").iterdir():
+        (root / entry.name).symlink_to(entry)
+    (root / "batch_filelists").symlink_to(tiny / "lists")
+    cfg = _cfg(tiny, tmp_path, dataset_root=str(root), filelists=None)
+    assert ExperimentConfig.from_dict(cfg.to_dict()).filelists is None
+    trainer = Trainer(cfg, progress=False)
+    assert Path(trainer.scenarios[0].source) == root.resolve() / "batch_filelists" / "NICv2_391" / "run0"
+
+
+def test_caffe_counts_tied_scores_as_misses(tiny, tmp_path):
+    """At iteration 1 CWR*'s reset classifier (W = 0) scores every class alike: Caffe's Accuracy layer
+    logs 0 % training accuracy there, argmax the share of class 0 in the minibatch."""
+    caffe = _cfg(tiny, tmp_path, method="cwr", replay="none", profile="caffe", max_batches=1, epochs_first_batch=1)
+    argmax = caffe.replace(out=str(tmp_path / "argmax"), fidelity={"count_ties_as_miss": False})
+    first = {}
+    for c in (caffe, argmax):
+        Trainer(c, progress=False).run_all()
+        m = pd.read_csv(Path(c.out) / c.experiment_name / "run0" / "metrics.csv")
+        first[c.fidelity.count_ties_as_miss] = m[m["kind"] == "iteration_1"]["train_accuracy"].item()
+    assert first[True] == 0.0 and first[False] > 0.0

@@ -92,12 +92,19 @@ class Fidelity:
     #: B5: one RNG re-seeded to 0 before every shuffle and memory choice (identical permutations for
     #: equal sizes); fixed: one generator per run seeded from (seed, run).
     reseed_rng_each_shuffle: bool = False
-    #: B6a: pad new data and memory to a multiple of their minibatch share by prepending duplicates.
+    #: B6a: new data and memory are padded to a multiple of their minibatch share, so that every
+    #: minibatch holds exactly k_new + k_mem rows: by prepending their first items (the original), or
+    #: (off) with distinct items drawn at random. "Off" once cut the lists into short last minibatches
+    #: instead; results recorded so count as trained otherwise (:data:`FULL_MINIBATCHES_SINCE`).
     pad_training_like_caffe: bool = False
     #: B6b: evaluate on the test list padded to a multiple of the test minibatch (2249 -> 2300).
     padded_test_set: bool = False
     #: B7: an extra evaluation after global iteration 1 (logs one line longer than the batches).
     eval_at_iteration_1: bool = False
+    #: Caffe's Accuracy layer counts a prediction as correct only when the true class's score is
+    #: strictly above every other class's: a tie is a miss (at iteration 1, with all logits equal, the
+    #: original logs 0 % training accuracy); off: the first highest score wins (argmax).
+    count_ties_as_miss: bool = False
     #: B8: classifier bias reset to 1 and frozen; with CWR* the present classes' consolidated biases are
     #: loaded (0 for a class never consolidated), so the batch-0 classes keep bias 1 and classes first
     #: seen later bias 0 (a +1 logit for the batch-0 classes, as in the original code); fixed: no bias.
@@ -135,11 +142,17 @@ class Fidelity:
     first_batch_brn_start: str = "pretrained"
 
 
+#: The first switch recorded (in every summary and checkpoint) by the version whose fixed profile pads
+#: minibatches to full size: a record without it was trained with the former fixed rule (a short last
+#: minibatch of new and of memory rows), which no switch selects any more.
+FULL_MINIBATCHES_SINCE = "count_ties_as_miss"
+
 PROFILE_SWITCHES: dict[str, dict[str, Any]] = {
     "fixed": {},
     "caffe": {
         "replay_when_none": True, "ar1_as_ar1free": True, "reseed_rng_each_shuffle": True,
         "pad_training_like_caffe": True, "padded_test_set": True, "eval_at_iteration_1": True,
+        "count_ties_as_miss": True,
         "classifier_bias": True, "cwr_mean_shift": "scalar", "cwr_count_memory": True,
         "importance_from": "updates", "stored_latents": "train_epoch0", "lower_drift": True,
         "momentum_persists": True, "first_batch_brn_start": "zero",
@@ -544,7 +557,12 @@ class ExperimentConfig:
         changed = [k for k in training_changes(config, self.to_dict()) if self.key_in_effect(k)]
         if isinstance(fidelity, dict):     # the switches in force say more than the profile's overrides
             if recorded is not None:       # a switch added since: what the recorded config means today
-                fidelity = {**recorded.describe_fidelity(), **fidelity}
+                written_before_full_minibatches = FULL_MINIBATCHES_SINCE not in fidelity
+            fidelity = {**recorded.describe_fidelity(), **fidelity}
+            if written_before_full_minibatches:   # what that version did, whatever today's defaults say
+                fidelity[FULL_MINIBATCHES_SINCE] = False
+                if not fidelity.get("pad_training_like_caffe"):
+                    fidelity["pad_training_like_caffe"] = "short last minibatches"   # the former fixed rule
             now = self.describe_fidelity()
             changed = [k for k in changed if k != "fidelity"]
             changed += [f"fidelity.{k}" for k in self.switches_in_effect() if fidelity.get(k) != now.get(k)]

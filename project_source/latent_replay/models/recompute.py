@@ -4,7 +4,8 @@ In a ``conv -> BRN -> Scale -> ReLU`` block autograd keeps two tensors of the la
 the backward pass: the normalisation's input ``z`` (the convolution's output) and the ReLU's output
 ``y``, which the ReLU needs and the next convolution needs as its input. ``y`` is a cheap function of
 ``z``: ``y = relu(F.batch_norm(z, None, None, w, b, True, 0, eps))`` with the fused weight and bias
-the layer used (:meth:`BatchRenorm2d.train_forward`). Inside :func:`recompute_bn_relu`, every saved
+the layer used, or with the batch statistics it computed itself where it did (channels-last on the CPU;
+:meth:`BatchRenorm2d.train_forward`). Inside :func:`recompute_bn_relu`, every saved
 reference to a block's ``y`` is replaced by a small token holding ``z`` (kept anyway) and ``w``, ``b``;
 the backward pass recomputes ``y`` from them once (both users of ``y`` share it) and drops it as soon
 as both have used it. The recomputation runs the same kernel on the same input, so the gradients are
@@ -40,10 +41,11 @@ _local = threading.local()      # .registry: the active _Registry of this thread
 class _Recomputed:
     """A saved reference to a block output ``y``, recomputed from the block's normalisation input."""
 
-    __slots__ = ("z", "w", "b", "eps", "uses", "value")
+    __slots__ = ("z", "w", "b", "mean", "var", "eps", "uses", "value")
 
-    def __init__(self, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float):
-        self.z, self.w, self.b, self.eps = z, w, b, eps
+    def __init__(self, z: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor | None,
+                 var: torch.Tensor | None, eps: float):
+        self.z, self.w, self.b, self.mean, self.var, self.eps = z, w, b, mean, var, eps
         self.uses = 0          # saved references not yet unpacked
         self.value = None
 
@@ -53,8 +55,9 @@ class _Recomputed:
                                "graph; run that forward without recompute_bn_relu")
         if self.value is None:
             with torch.no_grad():
-                self.value = F.relu(F.batch_norm(self.z, None, None, self.w, self.b, True, 0.0, self.eps),
-                                    inplace=True)
+                # the statistics the forward used where it was given them (channels-last on the CPU)
+                y = F.batch_norm(self.z, self.mean, self.var, self.w, self.b, self.mean is None, 0.0, self.eps)
+                self.value = F.relu(y, inplace=True)
         value = self.value
         self.uses -= 1
         if self.uses <= 0:     # every user has it: free it (a second backward would recompute it)
