@@ -473,7 +473,7 @@ def test_accuracy_panels_have_one_y_range_that_fits_every_panel(tmp_path, monkey
     write_experiment(tmp_path / "res", "low", {0: 0.30}, scenario=79)
     write_experiment(tmp_path / "res", "high", {0: 0.95})
     figs = []
-    monkeypatch.setattr(F, "_save", lambda fig, *a: figs.append(fig) or [tmp_path / "fig.png"])
+    monkeypatch.setattr(F.plots, "_save", lambda fig, *a: figs.append(fig) or [tmp_path / "fig.png"])
     F.build_figures([tmp_path / "res"], tmp_path / "figs", reference=F.REFERENCE_RESULTS, only=["accuracy_vs_batches"])
     (fig,) = figs
     assert [ax.get_title() for ax in fig.axes] == ["NICv2-79", "NICv2-391"]

@@ -189,14 +189,31 @@ def test_defaults_and_overrides(db, tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------------------- expansion
 def test_launcher_arguments_of_a_combination(db, tmp_path):
+    """A combination goes to the launcher as Python values (launch.plan_experiment), and plans the same
+    experiment as the command line of prepare_experiment.py with those values."""
     sw = S.parse_sweep(base(db, tmp_path, filelists=str(db / "batch_filelists")), "s.json")
-    argv = S.launcher_argv(sw, {"method": "cwr", "replay": "native", "scenario": 79, "replay_memory": 20,
-                                "profile": "caffe", "epochs": 1, "fidelity.padded_test_set": False,
-                                "preprocessing": "imagenet"})
-    assert argv == ["CWR", "79", "pure", str(db), "--replay_memory", "20", "--profile", "caffe", "--runs", "0,1",
-                    "--device", "cpu", "--out", str(tmp_path / "out"), "--nvidia_docker", "new", "--force",
-                    "--launcher", "local", "--filelists", str(db / "batch_filelists"), "--set", "epochs=1",
-                    "--set", "fidelity.padded_test_set=false", "--set", 'preprocessing="imagenet"']
+    values = {"method": "cwr", "replay": "native", "scenario": 79, "replay_memory": 20, "profile": "caffe",
+              "epochs": 1, "fidelity.padded_test_set": False, "preprocessing": "imagenet"}
+    args = S.launcher_arguments(sw, values)
+    assert args == {"method": "cwr", "scenario": 79, "replay": "native", "db_path": db, "replay_memory": 20,
+                    "profile": "caffe", "runs": [0, 1], "device": "cpu", "out": tmp_path / "out",
+                    "nvidia_docker": "new", "force": True, "launcher": "local", "image": None,
+                    "filelists": db / "batch_filelists", "weights": None,
+                    "settings": {"epochs": 1, "fidelity.padded_test_set": False, "preprocessing": "imagenet"}}
+    argv = ["CWR", "79", "pure", str(db), "--replay_memory", "20", "--profile", "caffe", "--runs", "0,1",
+            "--device", "cpu", "--out", str(tmp_path / "out"), "--nvidia_docker", "new", "--force",
+            "--launcher", "local", "--filelists", str(db / "batch_filelists"), "--set", "epochs=1",
+            "--set", "fidelity.padded_test_set=false", "--set", 'preprocessing="imagenet"']
+    assert launch.plan_experiment(**args) == launch.validate(launch.build_parser().parse_args(argv))
+    # errors: the command line's messages, the argument named as there
+    with pytest.raises(launch.UsageError, match=r"^argument --replay_memory: only used with replay") as exc:
+        launch.plan_experiment("naive", 391, "none", db, replay_memory=20)
+    assert exc.value.argument == "--replay_memory"
+    with pytest.raises(launch.UsageError, match=r"^argument --runs: expected run numbers >= 0, got \[-1\]$"):
+        launch.plan_experiment("NAIVE", "391", "no", db, runs=[-1])
+    with pytest.raises(launch.UsageError,
+                       match=r"^argument --max_batches: invalid int value 2.5 \(expected an integer >= 1\)$"):
+        launch.plan_experiment("naive", 391, "none", db, runs=[0], max_batches=2.5)
 
 
 def test_expansion_skips_invalid_merges_inapplicable_and_names_extra_keys(db, tmp_path):
@@ -761,7 +778,7 @@ def test_local_sweep_end_to_end_with_failure_resubmit_and_figures(tmp_path, monk
         real_write(*args, **kwargs)
         labels.rename(hidden)
 
-    monkeypatch.setattr(S, "write_sweep", write_then_break)
+    monkeypatch.setattr(S.run, "write_sweep", write_then_break)   # where run_sweep looks it up
     r = cli("sweep", path, "--launcher", "local")
     assert r.exit_code == 1, r.output
     assert r.stderr == (f"Error: 1 of 1 task(s) failed (latent-replay sweep status {out}; run them again with "
@@ -770,7 +787,7 @@ def test_local_sweep_end_to_end_with_failure_resubmit_and_figures(tmp_path, monk
     assert status[0].state == "failed" and status[0].exit == 1 and status[0].job.startswith("local-")
     assert "Error:" in Path(status[0].log).read_text()
     hidden.rename(labels)
-    monkeypatch.setattr(S, "write_sweep", real_write)
+    monkeypatch.setattr(S.run, "write_sweep", real_write)
     r = cli("sweep", "resubmit", out)   # the launcher the sweep was started with: local
     assert r.exit_code == 0, r.output
     assert "[1/1] task 0: naive_nicv2_391_latent_conv5_4dw_m20 run 0 finished" in r.stdout

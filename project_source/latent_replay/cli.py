@@ -175,31 +175,6 @@ def filelists_check(filelists_dir, root, scenarios, runs, full_test):
                        f"{len(sc.test)} test frames ({sc.source})")
 
 
-def _classes(labels, width: int) -> str:
-    """Comma-separated labels, cut with '...(N)' when longer than ``width``."""
-    text = ",".join(map(str, labels))
-    if len(text) <= width:
-        return text
-    tail = f"...({len(labels)})"
-    return text[: width - len(tail)].rsplit(",", 1)[0] + tail
-
-
-def format_summary(sc, max_rows: int = 12) -> str:
-    """A short text table of a scenario: frames and classes per batch."""
-    rows = sc.summary()
-    lines = [f"{sc.name} run {sc.run}: {len(rows)} batches, {sc.train_frames} train frames, "
-             f"{len(sc.test)} test frames, {len(set().union(*(r.classes for r in rows)))} classes",
-             "  batch  frames  classes            new classes"]
-    shown = rows if len(rows) <= max_rows else rows[: max_rows - 2] + rows[-2:]
-    for i, r in enumerate(shown):
-        if len(rows) > max_rows and i == max_rows - 2:
-            lines.append(f"  ... {len(rows) - max_rows} more batches ...")
-        lines.append(f"  {r.index:5d}  {r.frames:6d}  {_classes(r.classes, 17):17s}  {_classes(r.new_classes, 40) or '-'}")
-    last_new = max((r.index for r in rows if r.new_classes), default=0)
-    lines.append(f"  last batch introducing a new class: {last_new}")
-    return "\n".join(lines)
-
-
 @filelists.command("summary")
 @click.argument("filelists_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--scenario", type=click.Choice([str(s) for s in SCENARIOS]), default="391", show_default=True)
@@ -211,6 +186,7 @@ def filelists_summary(filelists_dir, scenario, run, full_test):
     FILELISTS_DIR defaults to the official lists shipped with the suite.
     """
     from .data.nicv2 import load_scenario
+    from .demo import format_summary
 
     filelists_dir = filelists_dir or default_filelists_root()
     click.echo(format_summary(load_scenario(filelists_dir, int(scenario), run, reduced_test=not full_test)))

@@ -73,9 +73,34 @@ def set_aside_former_results(cfg: ExperimentConfig, echo=print) -> list[Path]:
     return [target for _, target, _ in moved]
 
 
+def _classes(labels, width: int) -> str:
+    """Comma-separated labels, cut with '...(N)' when longer than ``width``."""
+    text = ",".join(map(str, labels))
+    if len(text) <= width:
+        return text
+    tail = f"...({len(labels)})"
+    return text[: width - len(tail)].rsplit(",", 1)[0] + tail
+
+
+def format_summary(sc, max_rows: int = 12) -> str:
+    """A short text table of a scenario: frames and classes per batch (the demo's first output, and
+    ``latent-replay filelists summary``)."""
+    rows = sc.summary()
+    lines = [f"{sc.name} run {sc.run}: {len(rows)} batches, {sc.train_frames} train frames, "
+             f"{len(sc.test)} test frames, {len(set().union(*(r.classes for r in rows)))} classes",
+             "  batch  frames  classes            new classes"]
+    shown = rows if len(rows) <= max_rows else rows[: max_rows - 2] + rows[-2:]
+    for i, r in enumerate(shown):
+        if len(rows) > max_rows and i == max_rows - 2:
+            lines.append(f"  ... {len(rows) - max_rows} more batches ...")
+        lines.append(f"  {r.index:5d}  {r.frames:6d}  {_classes(r.classes, 17):17s}  {_classes(r.new_classes, 40) or '-'}")
+    last_new = max((r.index for r in rows if r.new_classes), default=0)
+    lines.append(f"  last batch introducing a new class: {last_new}")
+    return "\n".join(lines)
+
+
 def run_demo(out: Path, seed: int = 0, echo=print) -> dict:
     """Everything ``make demo`` does; returns {experiment name: summary of run 0}."""
-    from .cli import format_summary
     from .figures import make_figures
     from .train import StaleCheckpoint, Trainer
 

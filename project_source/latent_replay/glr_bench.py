@@ -63,11 +63,10 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data.digits import ROTATIONS, STREAMS, DigitData, Experience, load_digits_data, load_mnist, make_stream
-from .figures import save_figure
 from .metrics import accuracy_matrix_frame, summary
 from .replay import ReplayMemory, choose_update
 from .replay.generative import MODES, NONNEG, GenerativeReplay
-from .results import check_writable, write_csv, write_json
+from .results import check_writable, save_figure, write_csv, write_json
 from .utils import seeded_rng
 
 log = logging.getLogger(__name__)

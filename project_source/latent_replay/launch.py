@@ -31,7 +31,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import click
 
@@ -67,6 +67,9 @@ CONTAINER_DATASETS = "/datasets"
 CONTAINER_FILELISTS = "/filelists"
 CONTAINER_WEIGHTS = "/weights"
 CONTAINER_RESULTS = "/results"
+#: The config's method and replay names -> the launcher's (:func:`plan_experiment` takes either).
+LAUNCHER_METHODS = {v: k for k, v in METHOD_ALIASES.items()}
+LAUNCHER_REPLAYS = {v: k for k, v in REPLAY_ALIASES.items()}
 #: Config keys set by a dedicated argument (``--set`` refuses them and names the argument).
 MANAGED_KEYS = {
     "method": "METHOD", "scenario": "SCENARIO", "replay": "REPLAY", "dataset_root": "DB_PATH",
@@ -91,6 +94,9 @@ class UsageError(Exception):
 
     def __init__(self, argument: Optional[str], message: str):
         super().__init__(f"argument {argument}: {message}" if argument else message)
+        #: The argument as the command line names it (``DB_PATH``, ``--out``; None: no single one), and the
+        #: message without it.
+        self.argument, self.message = argument, message
 
 
 def _choices(values) -> str:
@@ -212,10 +218,10 @@ def _parse_set(text: str) -> tuple[str, object]:
     return key, value
 
 
-def _apply_sets(data: dict, sets: Sequence[str]) -> None:
+def _apply_sets(data: dict, settings: Iterable[tuple[str, object]]) -> None:
+    """``--set`` keys and values (each checked as it comes, so that errors come in the command line's order)."""
     known = {f.name for f in fields(ExperimentConfig)}
-    for text in sets:
-        key, value = _parse_set(text)
+    for key, value in settings:
         top = key.partition(".")[0]
         if top in MANAGED_KEYS:
             raise UsageError("--set", f"{top!r} is set by {MANAGED_KEYS[top]}, not --set")
@@ -316,11 +322,62 @@ def _check_filelists_once(memo: dict | None, path: Path, scenario: int, runs: li
 
 
 def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Plan:
-    """All checks, in the original's order (spec §2.1 items 1-14), then the new options.
+    """All checks of the command line's arguments (:func:`build_parser`), in the original's order (spec §2.1
+    items 1-14), then the new options; see :func:`plan_experiment` for the same from Python values."""
+    return _validate(ns, map(_parse_set, ns.sets), filelist_checks)
+
+
+def plan_experiment(method: str, scenario: int | str, replay: str, db_path: str | os.PathLike, *,
+                    latent_layer: Optional[str] = None, replay_memory: Optional[int] = None,
+                    nvidia_docker: str = "old", runs: str | Sequence[int] = DEFAULT_RUNS, launcher: str = "docker",
+                    device: str = "auto", profile: str = "fixed", out: str | os.PathLike = DEFAULT_OUT,
+                    filelists: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
+                    image: Optional[str] = None, max_batches: Optional[int] = None, settings: Optional[dict] = None,
+                    force: bool = False, filelist_checks: dict | None = None) -> Plan:
+    """The launcher's plan from Python values (a sweep's experiments): the same checks, order and
+    ``UsageError`` messages as the command line (:func:`validate`), each argument under its command-line
+    name. ``method`` and ``replay`` may be the launcher's names (``AR1F``, ``pure``) or the config's
+    (``ar1free``, ``native``); ``runs`` a list of run numbers; ``settings`` the other config keys and
+    their values (``--set KEY=VALUE``); None leaves an option at its default.
 
     ``filelist_checks``: a dict shared by several calls (a sweep's expansion) so that the filelists and
     frames of one folder, scenario and run set are checked once (seconds each on the full CORe50).
     """
+    paths = {name: None if value is None else os.fspath(value)
+             for name, value in (("db_path", db_path), ("out", out), ("filelists", filelists), ("weights", weights))}
+    ns = argparse.Namespace(
+        method=LAUNCHER_METHODS.get(method, method), scenario=str(scenario),
+        replay=LAUNCHER_REPLAYS.get(replay, replay), latent_layer=latent_layer, replay_memory=replay_memory,
+        nvidia_docker=nvidia_docker, runs=runs, launcher=launcher, device=device, profile=profile, image=image,
+        max_batches=max_batches, force=force, **paths)
+    return _validate(ns, (settings or {}).items(), filelist_checks)
+
+
+def _int_value(argument: str, value, expected: str) -> int:
+    """An integer argument: the command line's text, or an int from Python."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        return int(value)
+    except ValueError:
+        raise UsageError(argument, f"invalid int value {value!r} ({expected})") from None
+
+
+def _run_numbers(runs: str | Sequence[int]) -> list[int]:
+    """``--runs``: the command line's list or range, or run numbers from Python."""
+    if isinstance(runs, str):
+        try:
+            return parse_int_list(runs, name="--runs")
+        except ValueError as exc:
+            raise UsageError("--runs", str(exc).split(": ", 1)[-1]) from None
+    if not runs or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+        raise UsageError("--runs", f"expected run numbers >= 0, got {runs!r}")
+    return sorted(set(runs))
+
+
+def _validate(ns, settings: Iterable[tuple[str, object]], filelist_checks: dict | None) -> Plan:
     info: list[str] = []
     # 1-3: method, scenario, replay
     if ns.method not in METHODS:
@@ -357,10 +414,7 @@ def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Pla
     if ns.replay_memory is None:
         memory = DEFAULT_MEMORY
     else:
-        try:
-            memory = int(ns.replay_memory)
-        except ValueError:
-            raise UsageError("--replay_memory", f"invalid int value {ns.replay_memory!r} (expected an integer > 0)") from None
+        memory = _int_value("--replay_memory", ns.replay_memory, "expected an integer > 0")
         if memory <= 0:
             raise UsageError("--replay_memory", f"must be an integer > 0, got {memory}")
     # 13: a memory without replay
@@ -370,10 +424,7 @@ def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Pla
     if method == "joint" and replay != "none":
         raise UsageError("REPLAY", f"JOINT retrains on all the data seen so far and takes no replay "
                                    f"(got {ns.replay!r}; choose no)")
-    try:
-        runs = parse_int_list(ns.runs, name="--runs")
-    except ValueError as exc:
-        raise UsageError("--runs", str(exc).split(": ", 1)[-1]) from None
+    runs = _run_numbers(ns.runs)
     if ns.launcher not in LAUNCHERS:
         raise _invalid_choice("--launcher", ns.launcher, LAUNCHERS)
     if ns.device not in DEVICES:
@@ -397,10 +448,7 @@ def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Pla
         raise UsageError("--image", f"{image!r} is not an image name (NAME[:TAG])")
     max_batches = None
     if ns.max_batches is not None:
-        try:
-            max_batches = int(ns.max_batches)
-        except ValueError:
-            raise UsageError("--max_batches", f"invalid int value {ns.max_batches!r} (expected an integer >= 1)") from None
+        max_batches = _int_value("--max_batches", ns.max_batches, "expected an integer >= 1")
         if max_batches < 1:
             raise UsageError("--max_batches", f"must be an integer >= 1, got {max_batches}")
 
@@ -439,14 +487,11 @@ def validate(ns: argparse.Namespace, filelist_checks: dict | None = None) -> Pla
         ExperimentConfig.from_dict(dict(data), "configuration")
     except ConfigError as exc:   # every combination rule above should have caught it first
         raise UsageError(None, str(exc)) from None
-    if ns.sets:
-        _apply_sets(data, ns.sets)
-        try:
-            cfg = ExperimentConfig.from_dict(data, "configuration")
-        except ConfigError as exc:
-            raise UsageError("--set", str(exc).removeprefix("configuration: ")) from None
-    else:
+    _apply_sets(data, settings)   # nothing to apply: the same data, accepted just above
+    try:
         cfg = ExperimentConfig.from_dict(data, "configuration")
+    except ConfigError as exc:
+        raise UsageError("--set", str(exc).removeprefix("configuration: ")) from None
     if ns.replay_memory is None and cfg.memory_in_use:   # original item 14, now only when a memory is used
         info.append(f"replay memory not given: {DEFAULT_MEMORY} patterns")
 

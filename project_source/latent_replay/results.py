@@ -10,6 +10,11 @@ Layout (every file written atomically)::
 
 ``metrics.csv`` columns: :data:`METRIC_COLUMNS`. ``kind`` is ``batch`` for the evaluation after a
 batch and ``iteration_1`` for the original's extra evaluation after the first iteration (B7).
+
+Every reader of these files goes through here: the trainer (:func:`read_summary`, :func:`stale_runs`),
+``latent-replay figures`` (:func:`experiment_folders`, :func:`finished_runs`, :func:`read_run`: a
+:class:`Run`), ``sweep status`` (:func:`evaluated_batches`). Writers: :func:`write_metrics`,
+:func:`write_json`, :func:`write_csv` and :func:`save_figure` (a matplotlib figure), all atomic.
 """
 from __future__ import annotations
 
@@ -21,7 +26,8 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
@@ -60,13 +66,33 @@ def run_dirs(experiment_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _load_summary(run_folder: str | os.PathLike) -> dict:
+    """A run folder's ``summary.json``; OSError or ValueError (saying why) when absent or unreadable."""
+    summary = json.loads((Path(run_folder) / "summary.json").read_text(encoding="utf-8"))
+    if not isinstance(summary, dict):
+        raise ValueError("not a JSON object")
+    return summary
+
+
 def read_summary(run_folder: str | os.PathLike) -> dict | None:
     """A run folder's ``summary.json`` (written when the run finished), or None when absent or unreadable."""
     try:
-        summary = json.loads((Path(run_folder) / "summary.json").read_text(encoding="utf-8"))
+        return _load_summary(run_folder)
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) else None
+
+
+def evaluated_batches(run_folder: str | os.PathLike) -> int:
+    """Evaluations after a batch in a run folder's metrics.csv so far (the trainer rewrites it after
+    every batch); 0 when absent or unreadable. Read without pandas (``sweep status`` reads many)."""
+    try:
+        lines = (Path(run_folder) / "metrics.csv").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return 0
+    if not lines or "kind" not in lines[0].split(","):
+        return max(0, len(lines) - 1)
+    col = lines[0].split(",").index("kind")
+    return sum(1 for ln in lines[1:] if len(ln.split(",")) > col and ln.split(",")[col] == "batch")
 
 
 def trained_otherwise(summary: dict, cfg: ExperimentConfig, preprocessing_now: str | None = None) -> list[str]:
@@ -141,6 +167,27 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def save_figure(fig, paths: Sequence[Path], **savefig_kw) -> list[Path]:
+    """``fig`` (matplotlib) saved to every path, in the format its suffix names, each through a temporary
+    file in the same folder renamed into place: an interrupted save never leaves a half-written figure."""
+    paths = list(paths)
+    quiet = logging.getLogger("fontTools")  # PDF font subsetting logs every glyph at INFO
+    level = quiet.level
+    quiet.setLevel(max(level, logging.WARNING))
+    try:
+        for p in paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.stem}.tmp{p.suffix}")
+            try:
+                fig.savefig(tmp, format=p.suffix[1:] or None, **savefig_kw)
+                os.replace(tmp, p)
+            finally:
+                tmp.unlink(missing_ok=True)
+    finally:
+        quiet.setLevel(level)
+    return paths
+
+
 def write_json(path: str | os.PathLike, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable) + "\n")
 
@@ -180,6 +227,129 @@ def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
     import pandas as pd
 
     return pd.read_csv(path)
+
+
+@dataclass
+class Run:
+    """One finished run (:func:`read_run`): its metrics rows and its summary. The values come from the
+    summary, or from the metrics where an older summary lacks them."""
+
+    number: int
+    metrics: pd.DataFrame
+    summary: dict
+
+    @property
+    def batch_rows(self) -> pd.DataFrame:
+        return self.metrics[self.metrics["kind"] == "batch"].sort_values("batch")
+
+    def _value(self, key: str, fallback):
+        v = self.summary.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float(fallback())
+
+    @property
+    def final_accuracy(self) -> float:
+        """Fraction 0..1."""
+        return self._value("final_accuracy", lambda: self.batch_rows["test_accuracy"].iloc[-1])
+
+    @property
+    def average_accuracy(self) -> float:
+        """Fraction 0..1 (mean over the evaluations after each batch)."""
+        return self._value("average_accuracy", lambda: self.batch_rows["test_accuracy"].mean())
+
+    @property
+    def train_seconds(self) -> float:
+        return self._value("train_seconds", lambda: self.metrics["train_seconds"].sum())
+
+    @property
+    def eval_seconds(self) -> float:
+        return self._value("eval_seconds", lambda: self.metrics["eval_seconds"].sum())
+
+    @property
+    def memory_bytes(self) -> float:
+        return self._value("memory_bytes", lambda: self.batch_rows["memory_bytes"].iloc[-1])
+
+    @property
+    def memory_patterns(self) -> float:
+        return float(self.batch_rows["memory_patterns"].iloc[-1])
+
+    @property
+    def batches(self) -> int:
+        return int(self.batch_rows["batch"].max()) + 1
+
+    @property
+    def seconds_per_batch(self) -> float:
+        """Mean training seconds of the incremental batches (b >= 1; batch 0 when it is the only one)."""
+        rows = self.batch_rows
+        inc = rows[rows["batch"] >= 1]
+        return float((inc if len(inc) else rows)["train_seconds"].mean())
+
+    @property
+    def device(self) -> str:
+        return str(self.summary.get("device", "unknown device"))
+
+
+def read_run(run_folder: str | os.PathLike) -> tuple[Run | None, str | None]:
+    """A finished run (``summary.json`` and ``metrics.csv`` with an evaluation after a batch), or (None,
+    why it does not count: missing, partial or unreadable)."""
+    import pandas as pd
+
+    d = Path(run_folder)
+    metrics_file, summary_file = d / "metrics.csv", d / "summary.json"
+    if not metrics_file.is_file():
+        return None, "no metrics.csv" + (" (summary.json without metrics)" if summary_file.is_file() else "")
+    if not summary_file.is_file():
+        return None, "partial: metrics.csv without summary.json (unfinished or running)"
+    try:
+        summary = _load_summary(d)
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable summary.json ({exc})"
+    if summary.get("finished") is False:
+        return None, "partial: summary.json says finished = false"
+    try:
+        metrics = read_metrics(metrics_file)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        return None, f"unreadable metrics.csv ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    for col in ("batch", "test_accuracy"):
+        if col not in metrics.columns:
+            return None, f"metrics.csv has no column {col!r}"
+    if "kind" not in metrics.columns:
+        metrics["kind"] = "batch"
+    for col in ("batch", "test_accuracy", "train_seconds", "eval_seconds", "memory_bytes", "memory_patterns"):
+        metrics[col] = pd.to_numeric(metrics[col], errors="coerce") if col in metrics.columns else np.nan
+    metrics = metrics.dropna(subset=["batch", "test_accuracy"])
+    if not (metrics["kind"] == "batch").any():
+        return None, "metrics.csv has no evaluation after a batch"
+    return Run(int(RUN_DIR.match(d.name).group(1)), metrics, summary), None
+
+
+def finished_runs(experiment_dir: str | os.PathLike, cfg: ExperimentConfig) -> tuple[list[Run], list[str], list[int]]:
+    """The runs of an experiment that count (:func:`read_run`, trained as ``cfg`` says), the run folders left
+    out (``run<R>: why``), and the runs of ``cfg`` without a folder."""
+    runs, left_out, present = [], [], []
+    for number, d in run_dirs(experiment_dir):
+        present.append(number)
+        run, why = read_run(d)
+        changed = trained_otherwise(run.summary, cfg) if run is not None else []
+        if changed:   # e.g. the config was replaced (prepare --force) and the run not trained again yet
+            left_out.append(f"{d.name}: trained with another configuration than the experiment's "
+                            f"(changed: {', '.join(changed)})")
+        elif run is None:
+            left_out.append(f"{d.name}: {why}")
+        else:
+            runs.append(run)
+    return runs, left_out, [r for r in cfg.runs if r not in present]
+
+
+def experiment_folders(result_dirs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every experiment folder (one holding ``exp_configuration.json``, finished or not) under ``result_dirs``
+    (those that exist), each once."""
+    seen: dict[Path, Path] = {}
+    for root in map(Path, result_dirs):
+        configs = [root / CONFIG_FILE] if (root / CONFIG_FILE).is_file() else []
+        configs += sorted(root.rglob(CONFIG_FILE)) if root.exists() else []
+        for c in configs:
+            seen.setdefault(c.parent.resolve(), c.parent)
+    return list(seen.values())
 
 
 def aggregate_runs(experiment_dir: str | os.PathLike) -> pd.DataFrame | None:

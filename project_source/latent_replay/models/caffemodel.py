@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,12 +45,71 @@ import numpy as np
 import torch
 
 from .mobilenet_v1 import CONV_LAYERS, MobileNetV1, attr_name
-from .weights import ImportReport, _assign
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CaffeLayer", "read_caffemodel", "write_caffemodel", "import_caffemodel", "export_caffemodel",
            "model_to_caffe_layers"]
+
+# ------------------------------------------------------------------------------------------------
+# the import report and tensor copy shared with the pytorchcv import (weights.py): here, so that
+# weights.py, whose load_weights picks this importer, depends on this module and not the reverse
+# ------------------------------------------------------------------------------------------------
+#: The report logs under the name it always had (``latent_replay.models.weights``).
+_report_log = logging.getLogger("latent_replay.models.weights")
+
+
+@dataclass
+class ImportReport:
+    """What a weight import did: ``mapped`` (source entry, our key), ``skipped`` source entries with the
+    reason, and ``missing`` keys of our model that the source did not provide (left as they were)."""
+
+    source: str
+    format: str
+    mapped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def summary(self) -> str:
+        lines = [f"{self.format} import from {self.source}: {len(self.mapped)} tensors mapped, "
+                 f"{len(self.skipped)} source entries skipped, {len(self.missing)} model tensors missing"]
+        by_reason: dict[str, list[str]] = {}
+        for src, why in self.skipped:
+            by_reason.setdefault(why, []).append(src)
+        for why, srcs in by_reason.items():
+            what = srcs[0] if len(srcs) == 1 else f"{len(srcs)} entries ({srcs[0]}, …)"
+            lines.append(f"  skipped {what}: {why}")
+        lines += [f"  missing {key} (left as initialised)" for key in self.missing]
+        return "\n".join(lines)
+
+    def log(self) -> None:
+        if self.skipped or self.missing:
+            _report_log.warning("%s", self.summary())
+        else:
+            _report_log.info("%s", self.summary())
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "format": self.format, "mapped": [list(m) for m in self.mapped],
+                "skipped": [list(s) for s in self.skipped], "missing": list(self.missing)}
+
+
+def _squeezed(shape) -> tuple[int, ...]:
+    return tuple(int(s) for s in shape if s != 1)
+
+
+@torch.no_grad()
+def _assign(state: Mapping[str, torch.Tensor], key: str, value, what: str) -> None:
+    """Copy ``value`` into ``state[key]``; shapes must agree up to singleton axes (one-line error)."""
+    target = state[key]
+    value = torch.as_tensor(value)
+    if _squeezed(value.shape) != _squeezed(target.shape):
+        raise ValueError(f"{what} has shape {tuple(value.shape)} but {key} expects {tuple(target.shape)}")
+    target.copy_(value.reshape(target.shape).to(target.dtype))
+
 
 # V1LayerParameter.LayerType values that can carry blobs or show up in MobileNet-era files.
 _V1_TYPES = {1: "Accuracy", 3: "Concat", 4: "Convolution", 5: "Data", 6: "Dropout", 14: "InnerProduct",

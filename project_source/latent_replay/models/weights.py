@@ -49,13 +49,13 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .batch_renorm import BRNConfig
+from .caffemodel import ImportReport, _assign, import_caffemodel
 from .mobilenet_v1 import SEPARABLE_BLOCKS, MobileNetV1, attr_name
 
 log = logging.getLogger(__name__)
@@ -86,58 +86,6 @@ def _reason(e: BaseException) -> str:
     lines = [ln for ln in lines if ln]
     pick = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
     return f"{type(e).__name__}: {pick}"[:240]
-
-
-@dataclass
-class ImportReport:
-    """What a weight import did: ``mapped`` (source entry, our key), ``skipped`` source entries with the
-    reason, and ``missing`` keys of our model that the source did not provide (left as they were)."""
-
-    source: str
-    format: str
-    mapped: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    def summary(self) -> str:
-        lines = [f"{self.format} import from {self.source}: {len(self.mapped)} tensors mapped, "
-                 f"{len(self.skipped)} source entries skipped, {len(self.missing)} model tensors missing"]
-        by_reason: dict[str, list[str]] = {}
-        for src, why in self.skipped:
-            by_reason.setdefault(why, []).append(src)
-        for why, srcs in by_reason.items():
-            what = srcs[0] if len(srcs) == 1 else f"{len(srcs)} entries ({srcs[0]}, …)"
-            lines.append(f"  skipped {what}: {why}")
-        lines += [f"  missing {key} (left as initialised)" for key in self.missing]
-        return "\n".join(lines)
-
-    def log(self) -> None:
-        if self.skipped or self.missing:
-            log.warning("%s", self.summary())
-        else:
-            log.info("%s", self.summary())
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, "format": self.format, "mapped": [list(m) for m in self.mapped],
-                "skipped": [list(s) for s in self.skipped], "missing": list(self.missing)}
-
-
-def _squeezed(shape) -> tuple[int, ...]:
-    return tuple(int(s) for s in shape if s != 1)
-
-
-@torch.no_grad()
-def _assign(state: Mapping[str, torch.Tensor], key: str, value, what: str) -> None:
-    """Copy ``value`` into ``state[key]``; shapes must agree up to singleton axes (one-line error)."""
-    target = state[key]
-    value = torch.as_tensor(value)
-    if _squeezed(value.shape) != _squeezed(target.shape):
-        raise ValueError(f"{what} has shape {tuple(value.shape)} but {key} expects {tuple(target.shape)}")
-    target.copy_(value.reshape(target.shape).to(target.dtype))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,8 +301,6 @@ def load_weights(model: MobileNetV1, path=None, *, stats_weight: float = 100.0) 
         return {"source": "random", "preprocessing": None, "report": None}
     path = Path(path)
     if path.suffix == ".caffemodel":
-        from .caffemodel import import_caffemodel
-
         report = import_caffemodel(model, path, stats_weight=stats_weight)
         return {"source": str(path), "preprocessing": "caffe", "report": report}
     if not path.is_file():
