@@ -146,3 +146,59 @@ def test_release_free_memory_returns_freed_heap_to_the_kernel():
     ok, freed = out.stdout.split()
     assert ok == "True"
     assert int(freed) > 200 * 1024 * 1024     # the 256 MB tensor's pages, kept by glibc until the trim
+
+
+def _experience(b, x, y, calls):
+    """An ExperienceData over ``x``/``y`` that records what the replay asked for."""
+    from latent_replay.replay import ExperienceData
+
+    def take(what, data):
+        def get(pick):
+            calls.append((what, np.asarray(pick).tolist()))
+            return data[torch.as_tensor(pick)]
+        return get
+    return ExperienceData(b, len(y), labels=take("labels", y), frames=take("frames", x), latents=take("latents", x))
+
+
+@pytest.mark.parametrize("storage", ["uint8_frames", "float32", "uint8"])
+def test_after_experience_is_the_update_rule_on_what_the_memory_stores(storage):
+    """A replay takes its rows from the experience itself (frames or latents, never both), with the
+    update rule's choices: the same memory as choose_update + insert."""
+    from latent_replay.replay import Replay
+
+    by_hand, plugged = ReplayMemory(20, storage), ReplayMemory(20, storage)
+    assert isinstance(plugged, Replay) and plugged.stores == ("frames" if storage == "uint8_frames" else "latents")
+    for b in range(3):
+        g = torch.Generator().manual_seed(b)
+        x = (torch.randint(0, 256, (15, 4, 4, 3), generator=g, dtype=torch.uint8) if storage == "uint8_frames"
+             else torch.rand(15, 4, 2, 2, generator=g) + b)
+        y = torch.arange(15) % 3 + b
+        new, keep = choose_update(np.random.default_rng(b), 20, b, 15, len(by_hand))
+        by_hand.insert(x[new], y[new], keep)
+        calls = []
+        plugged.after_experience(np.random.default_rng(b), _experience(b, x, y, calls))
+        assert {what for what, _ in calls} == {"labels", plugged.stores}
+        assert torch.equal(plugged.labels, by_hand.labels) and torch.equal(plugged.data, by_hand.data)
+
+
+def test_generative_replay_learns_from_every_latent_of_the_experience():
+    from latent_replay.replay import GenerativeReplay, Replay
+
+    m = GenerativeReplay(30, seed=0)
+    assert isinstance(m, Replay) and m.stores == "latents"
+    x, y = torch.rand(40, 6) + 1, torch.arange(40) % 4
+    calls = []
+    m.after_experience(np.random.default_rng(0), _experience(0, x, y, calls))
+    assert ("latents", list(range(40))) in calls and len(m) == 30 and set(m.labels.tolist()) <= {0, 1, 2, 3}
+
+
+def test_make_replay_builds_the_experiments_memory():
+    from latent_replay.config import ExperimentConfig
+    from latent_replay.replay import GenerativeReplay, make_replay
+
+    assert make_replay(ExperimentConfig(replay="none"), "cpu") is None
+    assert make_replay(ExperimentConfig(replay="none", profile="caffe"), "cpu").stores == "frames"   # B1
+    assert make_replay(ExperimentConfig(replay="native"), "cpu").storage == "uint8_frames"
+    assert make_replay(ExperimentConfig(replay="latent", latent_dtype="float16"), "cpu").storage == "float16"
+    glr = make_replay(ExperimentConfig(replay="generative", glr_profile="reference"), "cpu", seed=7)
+    assert isinstance(glr, GenerativeReplay) and glr.mode == "joint" and glr.seed == 7 and glr.capacity == 1500

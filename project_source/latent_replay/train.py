@@ -28,7 +28,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import __version__
@@ -39,7 +38,7 @@ from .data.nicv2 import Scenario, load_scenario
 from .methods import DECAY_MULTS, make_method
 from .models import BRNConfig, MobileNetV1, param_names_by_kind, recompute_bn_relu, split
 from .models.weights import load_weights
-from .replay import ReplayMemory, choose_update
+from .replay import ExperienceData, make_replay
 from .results import (CONFIG_FILE, aggregate_runs, read_summary, run_dir, run_dirs, stale_runs, write_json,
                       write_metrics)
 from .rowfile import RowFile
@@ -147,6 +146,36 @@ def hits(logits: torch.Tensor, labels: torch.Tensor, ties_miss: bool = False) ->
     return (logits >= logits.gather(1, labels[:, None])).sum(1) == 1
 
 
+@dataclass
+class Minibatch:
+    """One iteration's rows as the learning part sees them (what :meth:`Method.loss` is given):
+    ``part`` (the whole network, or the part above the split layer) and its ``inputs`` (preprocessed
+    frames or latents: ``new_rows`` new patterns first, then replayed ones), and their ``labels``."""
+
+    part: torch.nn.Module
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    new_rows: int
+
+
+@dataclass
+class _Batch:
+    """What the iterations of one batch share (:meth:`RunTrainer._begin_batch`)."""
+
+    index: int
+    phase: int
+    paths: list
+    new_frames: torch.Tensor
+    new_labels: torch.Tensor
+    sched: Schedule
+    on_device: Schedule
+    mixing: bool
+    incremental_split: bool
+    native: bool
+    feats: torch.Tensor | None
+    epoch0: dict | None      # first-epoch latents by padded position (stored_latents train_epoch0, B11)
+
+
 def prepare_device(device: torch.device, cfg: ExperimentConfig) -> None:
     """Process-wide settings for a run on ``device``: on CUDA, the numerics of ``cuda_reproducible``."""
     if device.type == "cuda":
@@ -200,7 +229,7 @@ class RunTrainer:
         self.lower, self.upper = split(self.model, self.split_layer)
         self.memory_layer = cfg.latent_layer if cfg.uses_latent else "data"
         self.mem_lower, self.mem_upper = split(self.model, self.memory_layer)
-        self.memory = self._make_memory() if cfg.memory_in_use else None
+        self.memory = make_replay(cfg, device, seed=cfg.seed * 1000 + run)
         self.rng = np.random.default_rng([cfg.seed, run])
         self.optimizer: torch.optim.Optimizer | None = None
         self.decay_only: list[torch.nn.Parameter] = []
@@ -228,19 +257,6 @@ class RunTrainer:
     def test_frames(self) -> torch.Tensor:
         """The test frames (uint8, N x H x W x 3), resident on a GPU, read on demand on the CPU."""
         return self._test_frames if self._test_frames is not None else self._read_test_frames()
-
-    def _make_memory(self):
-        cfg = self.cfg
-        if cfg.replay == "generative":
-            from .replay.generative import GenerativeReplay
-
-            g = cfg.glr
-            return GenerativeReplay(cfg.replay_memory, mode=g.mode, n_components=g.n_components,
-                                    covariance_type=g.covariance_type, reg_covar=g.reg_covar, max_iter=g.max_iter,
-                                    tol=g.tol, pca_components=g.pca_components, sampling=g.sampling,
-                                    nonneg=g.nonneg, device=self.device, seed=cfg.seed * 1000 + self.run)
-        storage = "uint8_frames" if not cfg.uses_latent else cfg.latent_dtype
-        return ReplayMemory(cfg.replay_memory, storage, self.device)
 
     def _rng(self):
         """The generator for one shuffle or memory choice (B5: re-seeded to 0 each time)."""
@@ -436,8 +452,35 @@ class RunTrainer:
         return list(fl.paths), fl.labels
 
     def train_batch(self, b: int) -> dict:
-        cfg, fid = self.cfg, self.fid
         t_start = time.perf_counter()
+        exp = self._begin_batch(b)
+        t_start += self._cache_seconds   # the test-latent pass it may have made is timed as evaluation
+        for it in range(exp.sched.iterations):
+            mb = self._minibatch(exp, it)
+            self._optimise(mb)
+            if b == 0 and self.global_iter == 1 and self.fid.eval_at_iteration_1:
+                self._sync()
+                self._log_eval(0, "iteration_1", time.perf_counter() - t_start, len(exp.paths))
+                self._set_modes(b)
+                t_start = time.perf_counter()   # the batch row counts the training after that row's
+        self.method.after_training(b)
+        self._sync()
+        # evaluate at the end of training, as the original does (spec §5.4), then fill the memory: its
+        # batch-0 pass under stored_latents=train_epoch0 moves every BRN layer's statistics (B11)
+        row = self._log_eval(b, "batch", time.perf_counter() - t_start, len(exp.paths))
+        if self.memory is not None and not self.cumulative:
+            t_memory = time.perf_counter()
+            self._update_memory(b, exp.sched, exp.new_frames, exp.new_labels, exp.feats, exp.epoch0)
+            self._sync()
+            row["train_seconds"] += time.perf_counter() - t_memory   # the memory update is training time
+            row["memory_patterns"], row["memory_bytes"] = len(self.memory), self.memory.nbytes
+        if exp.phase == 0:   # the whole network's activations are free now: give them back to the kernel once
+            self._release()
+        return row
+
+    def _begin_batch(self, b: int) -> "_Batch":
+        """Everything a batch's iterations share: its optimiser and modes, data, plan and lower-part latents."""
+        cfg, fid = self.cfg, self.fid
         # joint retrains like batch 0 (whole network, first-batch settings) on everything seen so far
         phase = 0 if self.cumulative else b
         if phase == 1:
@@ -449,96 +492,81 @@ class RunTrainer:
         new_labels = torch.from_numpy(labels_np).to(self.device)
         self.seen.update(int(c) for c in np.unique(labels_np))
         mixing = self.memory is not None and b > 0 and len(self.memory) > 0
-        n_mem = len(self.memory) if mixing else 0
-        sched = plan_batch(len(paths), n_mem, minibatch=cfg.minibatch,
+        sched = plan_batch(len(paths), len(self.memory) if mixing else 0, minibatch=cfg.minibatch,
                            epochs=cfg.epochs_first_batch if b == 0 else cfg.epochs,
                            pad=fid.pad_training_like_caffe, count_memory=cfg.uses_replay, perm=self._perm)
         trained_labels = torch.cat([new_labels, self.memory.labels]) if mixing else new_labels
         self.method.before_batch(b, trained_labels, new_labels)
         incremental_split = phase > 0 and self.split_layer != "data"
+        self._cache_seconds = 0.0
         if incremental_split and self._test_cache_due:
             self._sync()                     # timed as evaluation, not as training
             t_cache = time.perf_counter()
             self._ensure_test_cache()
             self._sync()
             self._cache_seconds = time.perf_counter() - t_cache
-            t_start += self._cache_seconds
         self._set_modes(phase)
-        native = self.memory is not None and not cfg.uses_latent
+        native = self.memory is not None and self.memory.stores == "frames"
         feats = None
         if incremental_split and not native and cfg.precompute_lower and self.lower_frozen_eval:
             feats = self._lower_pass(self.lower, new_frames)
-        capture = (cfg.uses_latent and fid.stored_latents == "train_epoch0" and b > 0 and self.memory is not None)
-        epoch0 = {} if capture else None
+        capture = cfg.uses_latent and fid.stored_latents == "train_epoch0" and b > 0 and self.memory is not None
         # the minibatch rows as device tensors, uploaded once: on a GPU a copy per iteration waits for it
         on_device = dataclasses.replace(sched, new_order=torch.as_tensor(sched.new_order, device=self.device),
                                         mem_order=torch.as_tensor(sched.mem_order, device=self.device))
-        for it in range(sched.iterations):
-            idx = on_device.new_rows(it)
-            y = new_labels[idx]
-            m_x = m_y = None
-            if mixing and sched.k_mem:
-                m_x, m_y = self.memory.get(on_device.mem_rows(it))
-                y = torch.cat([y, m_y])
-            with recompute_bn_relu(cfg.recompute_bn_relu):
-                if not incremental_split and m_x is not None and cfg.uses_latent:
-                    # latent replay at `data`: the memory holds preprocessed frames, the new ones are raw
-                    x = self._pre(new_frames[idx])
-                    out = self.model(torch.cat([x, m_x.to(x.dtype)]))
-                elif not incremental_split:
-                    x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
-                    out = self.model(self._pre(x))
-                elif native:
-                    x = new_frames[idx] if m_x is None else torch.cat([new_frames[idx], m_x])
-                    with torch.no_grad():
-                        h = self.lower(self._pre(x))
-                    out = self.upper(h)
-                else:
-                    if feats is not None:
-                        h = feats[idx]
-                    else:
-                        with torch.no_grad():
-                            h = self.lower(self._pre(new_frames[idx]))
-                    if capture and it < sched.new_chunks:
-                        start = (it % sched.new_chunks) * sched.k_new
-                        epoch0[start] = h.detach().clone()
-                    if m_x is not None:
-                        h = torch.cat([h, m_x.to(h.dtype)])
-                    out = self.upper(h)
-            loss = F.cross_entropy(out, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.method.after_backward()
-            self._apply_weight_decay()
-            self.method.adjust_gradients()
-            self.optimizer.step()
-            self.method.after_step()
-            self.global_iter += 1
-            # kept on the device (read once per evaluation: a read per iteration waits for a GPU); float64
-            # sums of the float32 losses, as Python floats would add them
-            self._loss_sum += loss.detach().double()
-            self._correct += hits(out.detach(), y, fid.count_ties_as_miss).sum().double()
-            self._rows_seen += len(y)
-            self._iters += 1
-            if b == 0 and self.global_iter == 1 and fid.eval_at_iteration_1:
-                self._sync()
-                self._log_eval(0, "iteration_1", time.perf_counter() - t_start, len(paths))
-                self._set_modes(b)
-                t_start = time.perf_counter()   # the batch row counts the training after that row's
-        self.method.after_training(b)
-        self._sync()
-        # evaluate at the end of training, as the original does (spec §5.4), then fill the memory: its
-        # batch-0 pass under stored_latents=train_epoch0 moves every BRN layer's statistics (B11)
-        row = self._log_eval(b, "batch", time.perf_counter() - t_start, len(paths))
-        if self.memory is not None and not self.cumulative:
-            t_memory = time.perf_counter()
-            self._update_memory(b, sched, new_frames, new_labels, feats, epoch0)
-            self._sync()
-            row["train_seconds"] += time.perf_counter() - t_memory   # the memory update is training time
-            row["memory_patterns"], row["memory_bytes"] = len(self.memory), self.memory.nbytes
-        if phase == 0:   # the whole network's activations are free now: give them back to the kernel once
-            self._release()
-        return row
+        return _Batch(b, phase, paths, new_frames, new_labels, sched, on_device, mixing, incremental_split, native,
+                      feats, {} if capture else None)
+
+    def _minibatch(self, exp: "_Batch", it: int) -> "Minibatch":
+        """Iteration ``it``'s rows: the part that learns, its input (new rows, then replayed ones), labels."""
+        idx = exp.on_device.new_rows(it)
+        y = exp.new_labels[idx]
+        m_x = None
+        if exp.mixing and exp.sched.k_mem:
+            m_x, m_y = self.memory.get(exp.on_device.mem_rows(it))
+            y = torch.cat([y, m_y])
+        frames = exp.new_frames
+        if not exp.incremental_split and m_x is not None and self.cfg.uses_latent:
+            # latent replay at `data`: the memory holds preprocessed frames, the new ones are raw
+            x = self._pre(frames[idx])
+            return Minibatch(self.model, torch.cat([x, m_x.to(x.dtype)]), y, len(idx))
+        if not exp.incremental_split:
+            return Minibatch(self.model, self._pre(frames[idx] if m_x is None else torch.cat([frames[idx], m_x])), y,
+                             len(idx))
+        if exp.native:
+            with torch.no_grad():
+                h = self.lower(self._pre(frames[idx] if m_x is None else torch.cat([frames[idx], m_x])))
+            return Minibatch(self.upper, h, y, len(idx))
+        if exp.feats is not None:
+            h = exp.feats[idx]
+        else:
+            with torch.no_grad():
+                h = self.lower(self._pre(frames[idx]))
+        if exp.epoch0 is not None and it < exp.sched.new_chunks:
+            exp.epoch0[(it % exp.sched.new_chunks) * exp.sched.k_new] = h.detach().clone()
+        if m_x is not None:
+            h = torch.cat([h, m_x.to(h.dtype)])
+        return Minibatch(self.upper, h, y, len(idx))
+
+    def _optimise(self, mb: "Minibatch") -> None:
+        """One iteration: forward of the learning part, the method's loss, backward, hooks, step, sums."""
+        with recompute_bn_relu(self.cfg.recompute_bn_relu):
+            out = mb.part(mb.inputs)
+        loss = self.method.loss(out, mb.labels, mb)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.method.after_backward()
+        self._apply_weight_decay()
+        self.method.adjust_gradients()
+        self.optimizer.step()
+        self.method.after_step()
+        self.global_iter += 1
+        # kept on the device (read once per evaluation: a read per iteration waits for a GPU); float64
+        # sums of the float32 losses, as Python floats would add them
+        self._loss_sum += loss.detach().double()
+        self._correct += hits(out.detach(), mb.labels, self.fid.count_ties_as_miss).sum().double()
+        self._rows_seen += len(mb.labels)
+        self._iters += 1
 
     @torch.no_grad()
     def _update_memory(self, b, sched, new_frames, new_labels, feats, epoch0) -> None:
@@ -547,18 +575,13 @@ class RunTrainer:
         # epoch visited the patterns, so with them the candidates follow that order, padded or not
         epoch0_order = cfg.uses_latent and fid.stored_latents == "train_epoch0"
         cand = sched.new_order if fid.pad_training_like_caffe or epoch0_order else np.arange(len(new_labels))
-        if cfg.replay == "generative":   # fit this batch's generators on the latents of all its patterns
-            every = np.arange(len(cand))
-            latents = self._memory_latents(b, sched, new_frames, feats, epoch0, cand, every)
-            self.memory.update(self._rng(), b, latents, new_labels[torch.as_tensor(cand, device=self.device)])
-            return
-        pick, keep = choose_update(self._rng(), self.memory.capacity, b, len(cand), len(self.memory))
-        rows = torch.as_tensor(cand[pick], device=self.device)
-        if cfg.uses_latent:
-            patterns = self._memory_latents(b, sched, new_frames, feats, epoch0, cand, pick)
-        else:
-            patterns = new_frames[rows]
-        self.memory.insert(patterns, new_labels[rows], keep)
+        def rows(pick: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(cand[pick], device=self.device)
+
+        data = ExperienceData(b, len(cand), labels=lambda pick: new_labels[rows(pick)],
+                              frames=lambda pick: new_frames[rows(pick)],
+                              latents=lambda pick: self._memory_latents(b, sched, new_frames, feats, epoch0, cand, pick))
+        self.memory.after_experience(self._rng(), data)
 
     def _memory_latents(self, b, sched, new_frames, feats, epoch0, cand, pick) -> torch.Tensor:
         """Latents at the memory layer of the candidates ``cand[pick]`` (B11 decides which)."""

@@ -6,6 +6,8 @@ events, in the style of Avalanche's strategy plugins:
 * :meth:`Method.lr_mults` – learning-rate multiplier (of the phase's base rate) per parameter kind
   (``conv1``, ``depthwise``, ``pointwise``, ``scale``, ``fc_weight``, ``fc_bias``); 0 = frozen;
 * :meth:`Method.before_batch` – after the batch's data is known (CWR*: reset/load the classifier);
+* :meth:`Method.loss` – the loss of an iteration from the logits and the minibatch (the learning part
+  and its input, so a method can run another model on the same rows: e.g. distillation);
 * :meth:`Method.after_backward`, :meth:`Method.adjust_gradients`, :meth:`Method.after_step` – around
   each optimiser step (AR1*): raw gradients, then gradients with weight decay, then the new weights;
 * :meth:`Method.after_training` – at the batch's last iteration (CWR*: consolidate; AR1*: importance);
@@ -14,6 +16,7 @@ events, in the style of Avalanche's strategy plugins:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..config import ExperimentConfig
 from ..models import MobileNetV1
@@ -49,6 +52,12 @@ class Method:
     def before_batch(self, batch_index: int, labels: torch.Tensor, new_labels: torch.Tensor | None = None) -> None:
         """``labels``: every label trained on in this batch (new patterns and memory); ``new_labels``:
         those of the new patterns only (unpadded)."""
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor, minibatch) -> torch.Tensor:
+        """The loss to minimise for one iteration (default: cross-entropy). ``minibatch`` is the
+        trainer's :class:`~latent_replay.train.Minibatch`: ``part`` (the learning part of the network)
+        and its ``inputs``, ``new_rows`` of them new patterns, the rest replayed."""
+        return F.cross_entropy(logits, labels)
 
     def after_backward(self) -> None:
         """The loss gradients are in ``.grad`` (weight decay not yet added)."""

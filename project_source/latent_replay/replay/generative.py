@@ -385,7 +385,23 @@ class GenerativeReplay:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"GenerativeReplay({args}, len={len(self)})"
 
+    @classmethod
+    def from_config(cls, cfg, device: torch.device | str = "cpu", seed: int = 0) -> "GenerativeReplay":
+        """The memory of an experiment's ``replay_memory`` and ``glr`` settings (ExperimentConfig)."""
+        g = cfg.glr
+        return cls(cfg.replay_memory, mode=g.mode, n_components=g.n_components, covariance_type=g.covariance_type,
+                   reg_covar=g.reg_covar, max_iter=g.max_iter, tol=g.tol, pca_components=g.pca_components,
+                   sampling=g.sampling, nonneg=g.nonneg, device=device, seed=seed)
+
     # ---------------------------------------------------------------- interface of ReplayMemory
+    #: Its rows are latents (:class:`~latent_replay.replay.base.Replay`).
+    stores = "latents"
+
+    def after_experience(self, rng, data) -> None:
+        """Fit this experience's generators on the latents of all its candidates (:meth:`update`)."""
+        every = np.arange(data.size)
+        self.update(rng, data.index, data.latents(every), data.labels(every))
+
     def __len__(self) -> int:
         return int(self._labels.numel())
 

@@ -102,6 +102,18 @@ class ReplayMemory:
     def __len__(self) -> int:
         return int(self.labels.numel())
 
+    @property
+    def stores(self) -> str:
+        """"frames" (native replay) or "latents" (:class:`~latent_replay.replay.base.Replay`)."""
+        return "frames" if self.storage == "uint8_frames" else "latents"
+
+    def after_experience(self, rng, data) -> None:
+        """The update rule of spec §7.2 (:func:`choose_update`) on a finished experience's candidates
+        (:class:`~latent_replay.replay.base.ExperienceData`): the picked ones' frames or latents first."""
+        pick, keep = choose_update(rng, self.capacity, data.index, data.size, len(self))
+        patterns = data.frames(pick) if self.stores == "frames" else data.latents(pick)
+        self.insert(patterns, data.labels(pick), keep)
+
     # ------------------------------------------------------------------ contents
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         if self.storage == "uint8_frames":
