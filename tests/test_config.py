@@ -231,3 +231,34 @@ def test_results_recorded_before_full_minibatches_count_as_trained_otherwise():
     old_caffe = {k: v for k, v in caffe.describe_fidelity().items() if k != "count_ties_as_miss"}
     assert caffe.trained_otherwise(caffe.to_dict(), old_caffe) == ["fidelity.count_ties_as_miss"]
     assert PROFILE_SWITCHES["caffe"]["count_ties_as_miss"] is True and Fidelity().count_ties_as_miss is False
+
+
+def test_methods_and_replays_come_from_the_registries():
+    """One list of names per kind: the config, the launcher and the figures read the registries."""
+    from latent_replay import launch
+    from latent_replay.figures import METHOD_COLOURS
+    from latent_replay.registry import METHODS, REPLAYS, Interval
+
+    assert METHODS.names()[:5] == ("naive", "joint", "cwr", "ar1", "ar1free")
+    assert REPLAYS.names() == ("none", "native", "latent", "generative")
+    assert METHODS.canonical("AR1S") == "ar1" and REPLAYS.canonical("pure") == "native"
+    assert ExperimentConfig(method="AR1F", replay="no").method == "ar1free"
+    assert launch.METHODS[:5] == ("NAIVE", "JOINT", "CWR", "AR1S", "AR1F")
+    assert launch.REPLAYS == ("no", "pure", "latent", "generative")
+    assert set(METHOD_COLOURS) == set(METHODS.names()) and METHODS.get("cwr").title == "CWR*"
+    # what the config knows of a method, it reads from its class
+    assert ExperimentConfig(method="ar1").resolved_classifier_lr_mult == 10.0
+    assert ExperimentConfig(method="naive").resolved_classifier_lr_mult == 1.0
+    assert not ExperimentConfig(method="joint", replay="none", profile="caffe").memory_in_use
+    with pytest.raises(ValueError, match="method 'cwr' is registered already"):
+        METHODS.register("cwr", title="x")(object)
+    with pytest.raises(KeyError, match="method 'xyz' is not one of naive, joint"):
+        METHODS.get("xyz")
+    assert 0 in Interval(0, None, closed="left") and 0 not in Interval(0, None, closed="neither")
+    assert str(Interval(0, 1, closed="left")) == "in [0, 1)" and str(Interval(0, None, closed="neither")) == "> 0"
+
+
+def test_method_params_are_refused_for_a_method_without_them():
+    with pytest.raises(ConfigError, match="method_params: method 'naive' takes no parameters, got lam"):
+        ExperimentConfig(method="naive", method_params={"lam": 1.0})
+    assert ExperimentConfig(method="naive").method_params == {}

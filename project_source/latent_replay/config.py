@@ -21,16 +21,10 @@ from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
 from .data.filelists import atomic_write_text
+from .registry import METHODS, REPLAYS
 from .utils import has_control_characters
 
 SCHEMA_VERSION = 1
-METHODS = ("naive", "joint", "cwr", "ar1", "ar1free")
-#: Names used by the original launcher (``CWR``, ``AR1S``, ``AR1F``) and ours.
-METHOD_ALIASES = {"CWR": "cwr", "AR1S": "ar1", "AR1F": "ar1free", "NAIVE": "naive", "JOINT": "joint"}
-METHOD_TITLES = {"naive": "naive", "joint": "joint", "cwr": "CWR*", "ar1": "AR1*", "ar1free": "AR1*-free"}
-REPLAYS = ("none", "native", "latent", "generative")
-#: Replay names of the original launcher.
-REPLAY_ALIASES = {"no": "none", "pure": "native", "latent": "latent", "generative": "generative"}
 SCENARIOS = (79, 196, 391)
 LATENT_DTYPES = ("float32", "float16", "uint8")
 PROFILES = ("fixed", "caffe")
@@ -228,6 +222,9 @@ class ExperimentConfig:
     """Everything one experiment needs. Unknown keys, wrong types and impossible combinations are rejected."""
 
     method: str = "ar1free"
+    #: The method's own parameters (its registered params class, e.g. LwF's ``lam`` and ``temperature``),
+    #: every one written out; {} for a method without any.
+    method_params: dict = field(default_factory=dict)
     scenario: int = 391
     replay: str = "latent"
     latent_layer: str = "conv5_4/dw"
@@ -338,17 +335,19 @@ class ExperimentConfig:
                 setattr(self, f.name, _build(Fidelity, {**PROFILE_SWITCHES[self.profile], **value}, "fidelity"))
             elif f.name.startswith("brn_") and isinstance(value, dict):
                 setattr(self, f.name, _build(BRNSettings, value, f.name))
-        self.method = METHOD_ALIASES.get(self.method, self.method)
-        self.replay = REPLAY_ALIASES.get(self.replay, self.replay)
+        self.method = METHODS.canonical(self.method)
+        self.replay = REPLAYS.canonical(self.replay)
+        if self.method in METHODS.names():
+            self.method_params = _method_params(self.method, self.method_params)
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         _check_types(self, "")
         _check_finite(dataclasses.asdict(self), "")
-        _choice("method", self.method, METHODS)
+        _choice("method", self.method, METHODS.names())
         _choice("scenario", self.scenario, SCENARIOS)
-        _choice("replay", self.replay, REPLAYS)
+        _choice("replay", self.replay, REPLAYS.names())
         _choice("latent_layer", self.latent_layer, LATENT_LAYERS)
         _choice("latent_dtype", self.latent_dtype, LATENT_DTYPES)
         _choice("preprocessing", self.preprocessing, ("auto", "caffe", "imagenet"))
@@ -403,15 +402,17 @@ class ExperimentConfig:
             raise ConfigError(f"max_batches: must be >= 1 or null, got {self.max_batches}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
-        if self.method == "cwr" and self.replay in ("latent", "generative") and self.latent_layer != "pool6":
-            raise ConfigError(f"latent_layer: CWR* trains only the classifier, so latent replay must use "
+        method = METHODS.get(self.method)
+        if method.obj.classifier_only and self.uses_latent and self.latent_layer != "pool6":
+            raise ConfigError(f"latent_layer: {method.title} trains only the classifier, so latent replay must use "
                               f"pool6, got {self.latent_layer!r}")
         if self.latent_dtype != "float32" and self.replay != "latent":
             why = " (its memory holds density models, fitted in float32)" if self.replay == "generative" else ""
             raise ConfigError(f"latent_dtype: {self.latent_dtype!r} applies to latent replay only "
                               f"(replay is {self.replay!r}{why}); leave it float32")
-        if self.method == "joint" and self.replay != "none":
-            raise ConfigError(f"replay: the joint baseline sees all past data, replay must be 'none', got {self.replay!r}")
+        if method.obj.cumulative and self.replay != "none":
+            raise ConfigError(f"replay: the {method.title} baseline sees all past data, replay must be 'none', "
+                              f"got {self.replay!r}")
         if self.schema_version != SCHEMA_VERSION:
             raise ConfigError(f"schema_version: {self.schema_version} is not supported (this suite reads {SCHEMA_VERSION})")
 
@@ -426,12 +427,12 @@ class ExperimentConfig:
 
     @property
     def uses_cwr_head(self) -> bool:
-        return self.method in ("cwr", "ar1", "ar1free")
+        return METHODS.get(self.method).obj.uses_cwr_head
 
     @property
     def memory_in_use(self) -> bool:
         """Whether a memory is allocated, updated and mixed in (B1 keeps it for replay 'none')."""
-        return self.uses_replay or (self.fidelity.replay_when_none and self.method != "joint")
+        return self.uses_replay or (self.fidelity.replay_when_none and not METHODS.get(self.method).obj.cumulative)
 
     @property
     def resolved_lr(self) -> float:
@@ -443,7 +444,7 @@ class ExperimentConfig:
     def resolved_classifier_lr_mult(self) -> float:
         if self.classifier_lr_mult is not None:
             return self.classifier_lr_mult
-        return 10.0 if self.method in ("ar1", "ar1free") else 1.0
+        return METHODS.get(self.method).obj.classifier_lr_mult
 
     @property
     def resolved_past_weight(self) -> float:
@@ -634,6 +635,25 @@ def set_key(data: dict, key: str, value) -> None:
             else None
         nested = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else {}
     data[top] = {**nested, sub: value}
+
+
+def _method_params(method: str, given) -> dict:
+    """A method's parameters, validated against its registered params class (unknown keys, types and
+    its ``_parameter_constraints``, each error naming ``method_params.<key>``) and completed with its
+    defaults; {} for a method without parameters."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"method_params: expected an object, got {type(given).__name__} {given!r}")
+    params = METHODS.get(method).params
+    if params is None:
+        if given:
+            raise ConfigError(f"method_params: method {method!r} takes no parameters, got {', '.join(map(str, given))}")
+        return {}
+    obj = _build(params, given, "method_params")
+    _check_types(obj, "method_params.")
+    for name, interval in getattr(params, "_parameter_constraints", {}).items():
+        if getattr(obj, name) not in interval:
+            raise ConfigError(f"method_params.{name}: must be {interval}, got {getattr(obj, name)}")
+    return dataclasses.asdict(obj)
 
 
 def _check_finite(data: dict, prefix: str) -> None:

@@ -36,18 +36,17 @@ from typing import Iterable, Optional, Sequence
 import click
 
 from . import __version__
-from .config import (LATENT_LAYERS, METHOD_ALIASES, METHOD_TITLES, PROFILES, REPLAY_ALIASES, ConfigError,
-                     ExperimentConfig, set_key)
+from .config import LATENT_LAYERS, PROFILES, ConfigError, ExperimentConfig, set_key
 from .data.classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
+from .registry import METHODS as REGISTRY_METHODS
+from .registry import REPLAYS as REGISTRY_REPLAYS
 from .results import CONFIG_FILE, set_aside_lines, set_aside_stale
 from .utils import format_int_list, parse_int_list
 
 PROG = "prepare_experiment.py"
 RUN_SCRIPT = "run_experiment.sh"
 
-METHODS = ("CWR", "AR1S", "AR1F", "NAIVE", "JOINT")
 SCENARIOS = ("79", "196", "391")
-REPLAYS = ("no", "pure", "latent", "generative")
 #: Accepted ``--nvidia_docker`` spellings and the flavour they stand for (original item 7).
 NVIDIA_DOCKER = {"old": "old", "nvidia-docker2": "old", "new": "new", "nvidia-container-toolkit": "new"}
 #: How the run script passes the GPU to ``docker run`` (spec §2.2 item 3).
@@ -67,9 +66,6 @@ CONTAINER_DATASETS = "/datasets"
 CONTAINER_FILELISTS = "/filelists"
 CONTAINER_WEIGHTS = "/weights"
 CONTAINER_RESULTS = "/results"
-#: The config's method and replay names -> the launcher's (:func:`plan_experiment` takes either).
-LAUNCHER_METHODS = {v: k for k, v in METHOD_ALIASES.items()}
-LAUNCHER_REPLAYS = {v: k for k, v in REPLAY_ALIASES.items()}
 #: Config keys set by a dedicated argument (``--set`` refuses them and names the argument).
 MANAGED_KEYS = {
     "method": "METHOD", "scenario": "SCENARIO", "replay": "REPLAY", "dataset_root": "DB_PATH",
@@ -126,9 +122,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                "Every value is checked before anything is written (see docs/launcher.md).")
     # Values are validated by validate() in the original's order, not by argparse (which would check
     # options as they appear on the command line).
-    p.add_argument("method", metavar="METHOD", help=f"continual-learning method: {_choices(METHODS)}")
+    p.add_argument("method", metavar="METHOD",
+                   help=f"continual-learning method: {_choices(_launcher_names(REGISTRY_METHODS))}")
     p.add_argument("scenario", metavar="SCENARIO", help=f"NICv2 scenario: {_choices(SCENARIOS)}")
-    p.add_argument("replay", metavar="REPLAY", help=f"replay: {_choices(REPLAYS)} (no = none, pure = native images)")
+    p.add_argument("replay", metavar="REPLAY",
+                   help=f"replay: {_choices(_launcher_names(REGISTRY_REPLAYS))} (no = none, pure = native images)")
     p.add_argument("db_path", metavar="DB_PATH", help=f"dataset root holding {LABELS_FILE} and {IMAGES_DIR}/")
     o = p.add_argument_group("options of the original launcher")
     o.add_argument("--latent_layer", "--latent-layer", metavar="L", default=None,
@@ -346,8 +344,8 @@ def plan_experiment(method: str, scenario: int | str, replay: str, db_path: str 
     paths = {name: None if value is None else os.fspath(value)
              for name, value in (("db_path", db_path), ("out", out), ("filelists", filelists), ("weights", weights))}
     ns = argparse.Namespace(
-        method=LAUNCHER_METHODS.get(method, method), scenario=str(scenario),
-        replay=LAUNCHER_REPLAYS.get(replay, replay), latent_layer=latent_layer, replay_memory=replay_memory,
+        method=_launcher_name(REGISTRY_METHODS, method), scenario=str(scenario),
+        replay=_launcher_name(REGISTRY_REPLAYS, replay), latent_layer=latent_layer, replay_memory=replay_memory,
         nvidia_docker=nvidia_docker, runs=runs, launcher=launcher, device=device, profile=profile, image=image,
         max_batches=max_batches, force=force, **paths)
     return _validate(ns, (settings or {}).items(), filelist_checks)
@@ -377,16 +375,37 @@ def _run_numbers(runs: str | Sequence[int]) -> list[int]:
     return sorted(set(runs))
 
 
+def _launcher_names(registry) -> dict[str, str]:
+    """The launcher's name of each registered method or replay (its first alias, the original launcher's
+    ``CWR``, ``AR1S``, ``AR1F``, ``no``, ``pure``; else its name) -> the registered name, in order."""
+    return {(e.aliases or (e.name,))[0]: e.name for e in registry}
+
+
+def _launcher_name(registry, name: str) -> str:
+    """The launcher's name of a registered name or alias (``ar1free`` -> ``AR1F``); others as they are."""
+    found = {v: k for k, v in _launcher_names(registry).items()}.get(registry.canonical(name))
+    return found or name
+
+
+def __getattr__(name: str):
+    """``METHODS`` and ``REPLAYS``: the names the launcher accepts, read from the registries when asked
+    for (so importing the launcher does not import every method)."""
+    if name in ("METHODS", "REPLAYS"):
+        return tuple(_launcher_names(REGISTRY_METHODS if name == "METHODS" else REGISTRY_REPLAYS))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _validate(ns, settings: Iterable[tuple[str, object]], filelist_checks: dict | None) -> Plan:
     info: list[str] = []
     # 1-3: method, scenario, replay
-    if ns.method not in METHODS:
-        raise _invalid_choice("METHOD", ns.method, METHODS)
+    methods, replays = _launcher_names(REGISTRY_METHODS), _launcher_names(REGISTRY_REPLAYS)
+    if ns.method not in methods:
+        raise _invalid_choice("METHOD", ns.method, tuple(methods))
     if ns.scenario not in SCENARIOS:
         raise _invalid_choice("SCENARIO", ns.scenario, SCENARIOS)
-    if ns.replay not in REPLAYS:
-        raise _invalid_choice("REPLAY", ns.replay, REPLAYS)
-    method, scenario, replay = METHOD_ALIASES[ns.method], int(ns.scenario), REPLAY_ALIASES[ns.replay]
+    if ns.replay not in replays:
+        raise _invalid_choice("REPLAY", ns.replay, tuple(replays))
+    method, scenario, replay = methods[ns.method], int(ns.scenario), replays[ns.replay]
     latent = replay in ("latent", "generative")
     # 4-6: dataset root, labels file, image folder
     db = _check_dataset(ns.db_path)
@@ -515,7 +534,7 @@ def describe(cfg: ExperimentConfig) -> str:
         replay = f"native replay, memory {cfg.replay_memory}"
     else:
         replay = f"{cfg.replay} replay at {cfg.latent_layer}, memory {cfg.replay_memory}"
-    return (f"{METHOD_TITLES[cfg.method]} on NICv2-{cfg.scenario}, {replay}, runs {format_int_list(cfg.runs)}, "
+    return (f"{REGISTRY_METHODS.get(cfg.method).title} on NICv2-{cfg.scenario}, {replay}, runs {format_int_list(cfg.runs)}, "
             f"device {cfg.device}, profile {cfg.profile}")
 
 

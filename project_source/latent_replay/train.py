@@ -149,13 +149,16 @@ def hits(logits: torch.Tensor, labels: torch.Tensor, ties_miss: bool = False) ->
 @dataclass
 class Minibatch:
     """One iteration's rows as the learning part sees them (what :meth:`Method.loss` is given):
-    ``part`` (the whole network, or the part above the split layer) and its ``inputs`` (preprocessed
-    frames or latents: ``new_rows`` new patterns first, then replayed ones), and their ``labels``."""
+    ``part`` (the whole network, or the part above the split layer ``layer``) and its ``inputs``
+    (preprocessed frames or latents: ``new_rows`` new patterns first, then replayed ones), and their
+    ``labels``."""
 
     part: torch.nn.Module
     inputs: torch.Tensor
     labels: torch.Tensor
     new_rows: int
+    #: The layer ``part`` starts above (its input is that layer's output), "data" for the whole network.
+    layer: str = "data"
 
 
 @dataclass
@@ -536,7 +539,7 @@ class RunTrainer:
         if exp.native:
             with torch.no_grad():
                 h = self.lower(self._pre(frames[idx] if m_x is None else torch.cat([frames[idx], m_x])))
-            return Minibatch(self.upper, h, y, len(idx))
+            return Minibatch(self.upper, h, y, len(idx), self.split_layer)
         if exp.feats is not None:
             h = exp.feats[idx]
         else:
@@ -546,7 +549,7 @@ class RunTrainer:
             exp.epoch0[(it % exp.sched.new_chunks) * exp.sched.k_new] = h.detach().clone()
         if m_x is not None:
             h = torch.cat([h, m_x.to(h.dtype)])
-        return Minibatch(self.upper, h, y, len(idx))
+        return Minibatch(self.upper, h, y, len(idx), self.split_layer)
 
     def _optimise(self, mb: "Minibatch") -> None:
         """One iteration: forward of the learning part, the method's loss, backward, hooks, step, sums."""

@@ -10,7 +10,8 @@ from typing import Iterable
 
 import numpy as np
 
-from ..config import EXECUTION_KEYS, LATENT_DTYPES, LATENT_LAYERS, METHODS, REPLAYS, ConfigError, ExperimentConfig
+from ..config import EXECUTION_KEYS, LATENT_DTYPES, LATENT_LAYERS, ConfigError, ExperimentConfig
+from ..registry import METHODS, REPLAYS
 from ..results import CONFIG_FILE, experiment_folders, finished_runs
 
 log = logging.getLogger(__package__)   # "latent_replay.figures", as before the split
@@ -77,7 +78,7 @@ class Experiment:
         return bool(self.runs)
 
     def sort_key(self) -> tuple:
-        return (self.scenario, METHODS.index(self.method), REPLAYS.index(self.replay),
+        return (self.scenario, METHODS.names().index(self.method), REPLAYS.names().index(self.replay),
                 LATENT_LAYERS.index(self.layer) if self.layer else -1, self.memory or 0,
                 _dtype_rank(self.storage), self.profile, self.extras, self.tag, str(self.path))
 

@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import LATENT_LAYERS, METHODS, REPLAYS
+from ..config import LATENT_LAYERS
+from ..registry import METHODS, REPLAYS
 from .experiments import Experiment, _dtype_rank
 from .style import DTYPE_FILL, MEMORY_MARKERS, METHOD_COLOURS, _colours, _keys_by_method, _label, _line_key, _shown
 
@@ -86,7 +87,7 @@ def _series_order(key: tuple) -> tuple:
     """Legend order of a series key: method, replay, memory size or layer, dtype, the rest."""
     method, replay, x, storage, *rest = key
     x = LATENT_LAYERS.index(x) if isinstance(x, str) else (x or 0)
-    return (METHODS.index(method), REPLAYS.index(replay), x, _dtype_rank(storage), tuple(map(str, rest)))
+    return (METHODS.names().index(method), REPLAYS.names().index(replay), x, _dtype_rank(storage), tuple(map(str, rest)))
 
 
 def _series_panels(exps: Sequence[Experiment], value: str, along: str, device: bool = False) -> dict:

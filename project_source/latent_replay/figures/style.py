@@ -6,7 +6,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..config import METHOD_TITLES
+from ..registry import METHODS
 from .experiments import Experiment, _identity
 
 #: Figure name -> file stem.
@@ -19,7 +19,7 @@ FIGURES = {
 }
 
 #: One colour per method, used by every figure (variants of a method are shades of it).
-METHOD_COLOURS = {"ar1free": "#1f77b4", "ar1": "#d62728", "cwr": "#ff7f0e", "naive": "#7f7f7f", "joint": "#222222"}
+METHOD_COLOURS = {e.name: e.colour for e in METHODS if e.colour}
 #: Storage of the replay memory (figure 4): colour and legend words.
 STORAGE_STYLE = {
     "images": ("#000000", "native replay: uint8 images"),
@@ -53,7 +53,7 @@ def _replay_words(e: Experiment) -> str:
 def _method_words(e: Experiment) -> str:
     if e.method == "joint":
         return "joint (cumulative)"
-    return METHOD_TITLES[e.method]
+    return METHODS.get(e.method).title
 
 
 def _label(e: Experiment, show: set, *, layer: bool = True, memory: bool = True) -> str:

@@ -19,16 +19,19 @@ from __future__ import annotations
 import torch
 
 from ..models import param_names_by_kind
+from ..registry import METHODS
 from .cwr import CWRStar
 
 IMPORTANCE_KINDS = ("conv1", "depthwise", "pointwise")
 
 
+@METHODS.register("ar1free", title="AR1*-free", aliases=("AR1F",), colour="#1f77b4", order=4)
 class AR1Free(CWRStar):
     """CWR* head + free training of the 1x1 convs and Scale layers (classifier at 10x by default)."""
 
     name = "ar1free"
     classifier_only = False
+    classifier_lr_mult = 10.0
 
 
 class Importance:
@@ -106,6 +109,7 @@ class Importance:
                 target[n] = t.to(self.params[n].device)
 
 
+@METHODS.register("ar1", title="AR1*", aliases=("AR1S",), colour="#d62728", order=3)
 class AR1Star(AR1Free):
     """AR1*: AR1*-free with the importance-based gradient scaling on the shared convolution weights."""
 

@@ -33,6 +33,10 @@ class Method:
     uses_cwr_head = False
     #: Whether only the classifier learns in incremental batches (CWR*).
     classifier_only = False
+    #: Whether every batch retrains like batch 0 on everything seen so far (joint).
+    cumulative = False
+    #: The classifier's learning-rate multiplier in incremental batches unless the config sets one.
+    classifier_lr_mult = 1.0
 
     def __init__(self, cfg: ExperimentConfig, model: MobileNetV1):
         self.cfg = cfg

@@ -24,6 +24,7 @@ import math
 
 import torch
 
+from ..registry import METHODS
 from .base import Method, present_counts
 
 
@@ -94,6 +95,7 @@ def w_past(total: float, current: float) -> float:
     return math.sqrt(total / current)
 
 
+@METHODS.register("cwr", title="CWR*", aliases=("CWR",), colour="#ff7f0e", order=2)
 class CWRStar(Method):
     """CWR*: after batch 0 only the classifier learns, through the consolidated head."""
 

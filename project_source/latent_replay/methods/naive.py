@@ -8,13 +8,16 @@ seen so far, shuffled; its cost grows with the number of batches.
 """
 from __future__ import annotations
 
+from ..registry import METHODS
 from .base import Method
 
 
+@METHODS.register("naive", title="naive", aliases=("NAIVE",), colour="#7f7f7f", order=0)
 class Naive(Method):
     name = "naive"
 
 
+@METHODS.register("joint", title="joint", aliases=("JOINT",), colour="#222222", order=1)
 class Joint(Method):
     name = "joint"
     cumulative = True

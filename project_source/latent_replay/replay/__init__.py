@@ -3,28 +3,34 @@ generative latent replay (per-batch density models of the latents, glr-spec); ea
 and update rule behind one interface (:class:`~latent_replay.replay.base.Replay`), built by name."""
 from __future__ import annotations
 
+from ..registry import REPLAYS
 from .base import STORES, ExperienceData, Replay
 from .generative import GenerativeReplay
 from .memory import STORAGE_DTYPES, ReplayMemory, choose_update, n_current
 
 
+@REPLAYS.register("none", title="no replay", aliases=("no",), order=0)
+@REPLAYS.register("native", title="native replay", aliases=("pure",), order=1)
 def _frames(cfg, device, seed) -> ReplayMemory:
+    """uint8 frames; ``none`` builds the memory the original still mixes in without replay
+    (``fidelity.replay_when_none``, B1)."""
     return ReplayMemory(cfg.replay_memory, "uint8_frames", device)
 
 
+@REPLAYS.register("latent", title="latent replay", aliases=("latent",), order=2)
 def _latents(cfg, device, seed) -> ReplayMemory:
     return ReplayMemory(cfg.replay_memory, cfg.latent_dtype, device)
 
 
-#: Replay name -> builder ``(cfg, device, seed) -> Replay``. ``none`` builds the memory the original
-#: still mixes in without replay (``fidelity.replay_when_none``, B1).
-REPLAY_BUILDERS = {"none": _frames, "native": _frames, "latent": _latents, "generative": GenerativeReplay.from_config}
+REPLAYS.register("generative", title="generative latent replay", aliases=("generative",), order=3)(
+    GenerativeReplay.from_config)
 
 
 def make_replay(cfg, device, seed: int = 0) -> Replay | None:
-    """The replay memory of an experiment (ExperimentConfig), or None where it keeps none."""
-    return REPLAY_BUILDERS[cfg.replay](cfg, device, seed) if cfg.memory_in_use else None
+    """The replay memory of an experiment (ExperimentConfig), built by its replay's registered builder
+    (:data:`~latent_replay.registry.REPLAYS`), or None where it keeps none."""
+    return REPLAYS.get(cfg.replay).obj(cfg, device, seed) if cfg.memory_in_use else None
 
 
-__all__ = ["REPLAY_BUILDERS", "STORAGE_DTYPES", "STORES", "ExperienceData", "GenerativeReplay", "Replay",
+__all__ = ["STORAGE_DTYPES", "STORES", "ExperienceData", "GenerativeReplay", "Replay",
            "ReplayMemory", "choose_update", "make_replay", "n_current"]

@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass, field
 
 from .. import launch
-from ..config import METHOD_ALIASES, REPLAY_ALIASES, ConfigError, ExperimentConfig
+from ..config import ConfigError, ExperimentConfig
+from ..registry import METHODS, REPLAYS
 from .schema import Sweep, SweepError
 
 #: Config keys the launcher takes as their own argument (everything else goes through ``settings``).
@@ -48,7 +49,7 @@ class Expansion:
 
 def _replay_of(values: dict) -> str:
     replay = values.get("replay", ExperimentConfig.replay)
-    return REPLAY_ALIASES.get(replay, replay)
+    return REPLAYS.canonical(replay)
 
 
 def applies(key: str, values: dict) -> bool:
@@ -57,7 +58,7 @@ def applies(key: str, values: dict) -> bool:
     replay = _replay_of(values)
     if top.startswith("ar1_"):     # AR1*'s importance constants: an ar1_* grid merges for the other methods
         method = values.get("method", ExperimentConfig.method)
-        return METHOD_ALIASES.get(method, method) == "ar1"
+        return METHODS.canonical(method) == "ar1"
     if top == "latent_layer":
         return replay in ("latent", "generative")
     if top == "latent_dtype":
