@@ -53,7 +53,7 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
 @pytest.mark.parametrize("data, message", [
     ({"methd": "cwr"}, "methd: unknown key"),
     ({"fidelity": {"nope": True}}, "fidelity.nope: unknown key"),
-    ({"method": "XX"}, "method: 'XX' is not one of naive, joint, cwr, ar1, ar1free"),
+    ({"method": "XX"}, "method: 'XX' is not one of naive, joint, cwr, ar1, ar1free, lwf"),
     ({"scenario": "391"}, "scenario: expected int, got str '391'"),
     ({"scenario": 80}, "scenario: 80 is not one of 79, 196, 391"),
     ({"lr": "fast"}, "lr: expected float or null, got str 'fast'"),

@@ -96,7 +96,7 @@ def _bad_labels(tmp_path):
 
 RULES = [  # (id, argv builder, expected message start)
     ("1 method", lambda db, t: ["XYZ", "391", "latent", db],
-     "argument METHOD: invalid choice 'XYZ' (choose from NAIVE, JOINT, CWR, AR1S, AR1F)"),
+     "argument METHOD: invalid choice 'XYZ' (choose from NAIVE, JOINT, CWR, AR1S, AR1F, LWF)"),
     ("1 method case", lambda db, t: ["cwr", "391", "latent", db], "argument METHOD: invalid choice 'cwr'"),
     ("2 scenario", lambda db, t: ["CWR", "80", "latent", db],
      "argument SCENARIO: invalid choice '80' (choose from 79, 196, 391)"),

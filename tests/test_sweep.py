@@ -114,7 +114,7 @@ def fake_slurm(tmp_path, monkeypatch):
     ({"grid": [1]}, "grid: expected an object of config keys and lists of values"),
     ({"grid": {"method": "naive"}}, "grid.method: expected a non-empty list of values, got 'naive'"),
     ({"grid": {"method": []}}, "grid.method: expected a non-empty list of values, got []"),
-    ({"grid": {"method": ["XYZ"]}}, "grid.method: 'XYZ' is not one of naive, joint, cwr, ar1, ar1free"),
+    ({"grid": {"method": ["XYZ"]}}, "grid.method: 'XYZ' is not one of naive, joint, cwr, ar1, ar1free, lwf"),
     ({"grid": {"latent_layer": ["conv9"]}}, "grid.latent_layer: 'conv9' is not one of data, conv2_1/dw"),
     ({"grid": {"bogus": [1]}}, "grid.bogus: unknown key"),
     ({"grid": {"fidelity.bogus": [True]}}, "grid.fidelity.bogus: unknown key"),
