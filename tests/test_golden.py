@@ -26,9 +26,8 @@ import torch
 from click.testing import CliRunner
 
 from latent_replay.config import ConfigError, ExperimentConfig
-from latent_replay.data.nicv2 import inventory_from_root, write_nicv2
-from latent_replay.data.synthetic import write_synthetic_core50
 from latent_replay.train import Trainer
+from conftest import tiny_config
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GRID_FILE, GLR_FILE = GOLDEN / "metrics_grid.json", GOLDEN / "glr_bench_default.json"
@@ -79,27 +78,13 @@ def _without_seconds(csv_text: str) -> str:
     return "\n".join(",".join(row[i] for i in keep) for row in rows) + "\n"
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """5 objects (one per category) x 11 sessions x 6 frames of 32x32; NICv2-391 run 0."""
-    base = tmp_path_factory.mktemp("golden")
-    info = write_synthetic_core50(base / "core50", sessions=11, categories=5, objects_per_category=1, frames=6,
-                                  size=32, progress=False)
-    write_nicv2(base / "lists", inventory_from_root(info.out_dir / "core50_128x128"), scenarios=(391,), runs=(0,))
-    return base
-
-
 def _config(tiny: Path, out: Path, profile: str, method: str, replay: str) -> ExperimentConfig:
-    keys = dict(dataset_root=str(tiny / "core50"), filelists=str(tiny / "lists"), cache_dir=str(tiny / "cache"),
-                out=str(out), runs=[0], scenario=391, test_list="full", minibatch=16, max_batches=4,
-                epochs_first_batch=4, epochs=2, lr_first_batch=0.02, lr=0.005, brn_past_weight=100.0,
-                brn_first_batch={"t0": 4, "t_r": 8, "t_d": 8, "r_max": 3.0, "d_max": 5.0, "moving_fraction": 0.9},
-                replay_memory=24, device="cpu", profile=profile, method=method, **REPLAYS[replay])
+    keys = dict(profile=profile, method=method, **REPLAYS[replay])
     if replay.startswith("generative"):
         keys["glr"] = {"pca_components": 8}
     if method == "cwr" and "latent_layer" in keys:   # CWR* trains only the classifier: its latents are pool6's
         keys["latent_layer"] = "pool6"
-    return ExperimentConfig(**keys)
+    return tiny_config(tiny, out, **keys)
 
 
 def _result(run_folder: Path) -> dict:
@@ -109,13 +94,13 @@ def _result(run_folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def grid_results(tiny, tmp_path_factory) -> dict:
+def grid_results(tiny_nicv2, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("golden_results")
     results = {}
     for profile, method, replay in GRID:
         key = f"{profile}/{method}/{replay}"
         try:
-            cfg = _config(tiny, out, profile, method, replay)
+            cfg = _config(tiny_nicv2, out, profile, method, replay)
         except ConfigError as exc:
             results[key] = {"refused": str(exc)}
             continue
@@ -139,8 +124,8 @@ def test_the_grid_covers_every_method_and_replay(grid_results):
     assert len(trained) >= 60
 
 
-def test_a_resumed_run_has_the_golden_metrics(tiny, tmp_path):
-    cfg = _config(tiny, tmp_path, *RESUMED)
+def test_a_resumed_run_has_the_golden_metrics(tiny_nicv2, tmp_path):
+    cfg = _config(tiny_nicv2, tmp_path, *RESUMED)
     with pytest.raises(KeyboardInterrupt):
         Trainer(cfg, progress=False).run_all(stop_after=2)
     Trainer(cfg, progress=False).run_all()

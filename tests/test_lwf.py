@@ -9,11 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from latent_replay.config import ConfigError, ExperimentConfig
-from latent_replay.data.nicv2 import inventory_from_root, write_nicv2
-from latent_replay.data.synthetic import write_synthetic_core50
 from latent_replay.methods import make_method
 from latent_replay.registry import METHODS
 from latent_replay.train import Minibatch, Trainer
+from conftest import tiny_config
 
 
 def test_registered_with_its_parameters():
@@ -64,25 +63,11 @@ def test_loss_is_cross_entropy_plus_the_distillation_of_the_old_classes():
     assert lwf.state_dict() == {"seen": [0, 1, 2, 3, 4]}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    base = tmp_path_factory.mktemp("lwf")
-    info = write_synthetic_core50(base / "core50", sessions=11, categories=5, objects_per_category=1, frames=6,
-                                  size=32, progress=False)
-    write_nicv2(base / "lists", inventory_from_root(info.out_dir / "core50_128x128"), scenarios=(391,), runs=(0,))
-    return base
-
-
 @pytest.mark.parametrize("replay, layer", [("none", "conv5_4/dw"), ("latent", "conv5_4/dw")])
-def test_trains_and_resumes_in_the_golden_setting(tiny, tmp_path, replay, layer):
+def test_trains_and_resumes_in_the_golden_setting(tiny_nicv2, tmp_path, replay, layer):
     """The golden grid's tiny setting (tests/test_golden.py), with and without latent replay; an
     interrupted run resumes to the same metrics."""
-    keys = dict(dataset_root=str(tiny / "core50"), filelists=str(tiny / "lists"), cache_dir=str(tiny / "cache"),
-                runs=[0], scenario=391, test_list="full", minibatch=16, max_batches=4, epochs_first_batch=4, epochs=2,
-                lr_first_batch=0.02, lr=0.005, brn_past_weight=100.0, replay_memory=24, device="cpu",
-                brn_first_batch={"t0": 4, "t_r": 8, "t_d": 8, "r_max": 3.0, "d_max": 5.0, "moving_fraction": 0.9},
-                method="lwf", replay=replay, latent_layer=layer)
-    whole = ExperimentConfig(out=str(tmp_path / "whole"), **keys)
+    whole = tiny_config(tiny_nicv2, tmp_path / "whole", method="lwf", replay=replay, latent_layer=layer)
     Trainer(whole, progress=False).run_all()
     cut = whole.replace(out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
