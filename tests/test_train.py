@@ -318,7 +318,7 @@ def test_test_latents_file_falls_back(tiny, tmp_path, monkeypatch, caplog):
     stay in memory, with a warning, the same accuracy, and the failed file is closed."""
     import errno
 
-    import latent_replay.train as train_module
+    import latent_replay.engine.evaluation as train_module
 
     cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=2)
     trainer = Trainer(cfg, progress=False)
@@ -365,7 +365,7 @@ def test_test_latents_file_falls_back(tiny, tmp_path, monkeypatch, caplog):
 def test_test_latents_file_at_resume_and_end(tiny, tmp_path, monkeypatch):
     """After a resume the file is made by the first evaluation (inside inference mode): the same
     accuracy as in memory. train() closes it at the end of the run."""
-    import latent_replay.train as train_module
+    import latent_replay.engine.evaluation as train_module
 
     cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=2)
     trainer = Trainer(cfg, progress=False)
@@ -767,7 +767,7 @@ def test_batch0_is_evaluated_before_the_memory_pass_and_timed_once(tiny, tmp_pat
 def test_cuda_numerics_switch_sets_the_backends(monkeypatch):
     """cuda_reproducible (applied when a run's device is CUDA): IEEE float32 and deterministic cuDNN
     algorithms, or TF32 and the autotuner. The flags are process-wide; checked here without a GPU."""
-    import latent_replay.train as T
+    import latent_replay.engine.run as T
     from latent_replay.utils import configure_cuda
 
     calls = []
