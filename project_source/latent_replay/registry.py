@@ -80,9 +80,9 @@ class Registry:
         return add
 
     def _load(self) -> None:
-        if not self._loaded:
-            self._loaded = True
+        if not self._loaded:   # a failed import is retried (and raises again) at the next use
             importlib.import_module(self.package)
+            self._loaded = True
 
     def _lookup(self) -> dict[str, str]:
         return {**{e.name: e.name for e in self._entries.values()},
