@@ -19,6 +19,7 @@ class MemoryUpdates:
         # epoch visited the patterns, so with them the candidates follow that order, padded or not
         epoch0_order = cfg.uses_latent and fid.stored_latents == "train_epoch0"
         cand = sched.new_order if fid.pad_training_like_caffe or epoch0_order else np.arange(len(new_labels))
+
         def rows(pick: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(cand[pick], device=self.device)
 

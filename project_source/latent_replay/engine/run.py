@@ -342,12 +342,12 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
             # latent replay at `data`: the memory holds preprocessed frames, the new ones are raw
             x = self._pre(frames[idx])
             return Minibatch(self.model, torch.cat([x, m_x.to(x.dtype)]), y, len(idx))
-        if not exp.incremental_split:
-            return Minibatch(self.model, self._pre(frames[idx] if m_x is None else torch.cat([frames[idx], m_x])), y,
-                             len(idx))
-        if exp.native:
+        if not exp.incremental_split or exp.native:   # frames all through: new ones, then replayed frames
+            x = self._pre(frames[idx] if m_x is None else torch.cat([frames[idx], m_x]))
+            if not exp.incremental_split:
+                return Minibatch(self.model, x, y, len(idx))
             with torch.no_grad():
-                h = self.lower(self._pre(frames[idx] if m_x is None else torch.cat([frames[idx], m_x])))
+                h = self.lower(x)
             return Minibatch(self.upper, h, y, len(idx), self.split_layer)
         if exp.feats is not None:
             h = exp.feats[idx]
