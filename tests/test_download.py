@@ -1,7 +1,7 @@
 """``latent-replay download``: fixture archives served from a local HTTP server on 127.0.0.1.
 
-Nothing here reaches the internet: every source is rebuilt with 127.0.0.1 URLs, and ``_urlopen`` is
-wrapped to fail the test on any other host.
+Nothing here reaches the internet: every source is rebuilt with 127.0.0.1 URLs, and ``_urlopen`` (in
+:mod:`latent_replay.data.transfer`, which calls it) is wrapped to fail the test on any other host.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from latent_replay.data import download as dl
+from latent_replay.data import transfer
 from latent_replay.data.classes import CORE50_CLASS_NAMES
 from latent_replay.data.core50 import open_root
 from latent_replay.data.download_cli import download as download_cmd
@@ -147,15 +148,15 @@ def loopback_only(monkeypatch):
     """Fail on any non-loopback URL; no proxies, no retry delays."""
     for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    real = dl._urlopen
+    real = transfer._urlopen
 
     def guarded(request, timeout):
         host = urlsplit(request.full_url).hostname
         assert host == "127.0.0.1", f"test tried to open {request.full_url}"
         return real(request, timeout)
 
-    monkeypatch.setattr(dl, "_urlopen", guarded)
-    monkeypatch.setattr(dl, "RETRY_DELAY", 0.0)
+    monkeypatch.setattr(transfer, "_urlopen", guarded)
+    monkeypatch.setattr(transfer, "RETRY_DELAY", 0.0)
 
 
 def _md5(data: bytes) -> str:
@@ -381,10 +382,10 @@ def test_target_not_writable_and_disk_full(server, tmp_path, monkeypatch):
 
     class Usage:
         free = 10
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda path: Usage)
+    monkeypatch.setattr(transfer.shutil, "disk_usage", lambda path: Usage)
     with pytest.raises(dl.DownloadError, match=r"not enough disk space to download .*10 B free"):
         run("filelists", tmp_path / "root", server)
-    full = dl._io_error(tmp_path / "x.part", OSError(28, "No space left on device"))
+    full = transfer._io_error(tmp_path / "x.part", OSError(28, "No space left on device"))
     assert "disk full" in str(full)
 
 

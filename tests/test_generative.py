@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from latent_replay.replay.generative import (GenerativeReplay, Mixture, gmm_bytes, gmm_parameter_count,
-                                             latent_bytes, pca_parameter_count)
+from latent_replay.replay import generative, gmm
+from latent_replay.replay.generative import GenerativeReplay
+from latent_replay.replay.gmm import Mixture, gmm_bytes, gmm_parameter_count, latent_bytes, pca_parameter_count
 from latent_replay.replay.memory import n_current
 
 
@@ -351,6 +352,14 @@ def test_empty_memory_and_input_validation():
             GenerativeReplay(10, **bad)
     with pytest.raises(ValueError, match="capacity"):
         GenerativeReplay(0)
+
+
+def test_density_model_names_are_still_importable_from_generative():
+    """The density models moved to :mod:`latent_replay.replay.gmm`; existing imports from ``generative`` keep working."""
+    moved = ["BatchGenerator", "COVARIANCE_TYPES", "GeneratorFitter", "ID_BYTES", "Mixture", "PARAM_BYTES", "gmm_bytes",
+             "gmm_parameter_count", "latent_bytes", "pca_parameter_count"]
+    assert all(getattr(generative, name) is getattr(gmm, name) for name in moved)
+    assert set(moved) <= set(generative.__all__) and all(hasattr(generative, name) for name in generative.__all__)
 
 
 def test_mixture_sampling_matches_its_parameters():
