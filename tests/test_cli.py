@@ -127,7 +127,7 @@ def test_synth_command_and_demo(tmp_path, monkeypatch):
     third = run("demo", "--out", out)
     assert third.exit_code == 0, third.output
     for name in ("ar1free_nicv2_391_latent_conv5_4dw_m300", "naive_nicv2_391_none"):
-        assert f"{out / 'results' / name / 'run0'} was trained with another configuration (changed: lr): set aside " \
+        assert f"{out / 'results' / name / 'run0'} was trained with another configuration (changed: schedule.lr): set aside " \
                "as run0.former" in third.stdout
         assert len((out / "results" / name / "run0" / "metrics.csv").read_text().splitlines()) == 1 + 2
         assert len((out / "results" / name / "run0.former" / "metrics.csv").read_text().splitlines()) == 1 + 3

@@ -41,9 +41,10 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
     c = ExperimentConfig(profile="caffe", fidelity={"padded_test_set": False}, runs=[2], max_batches=5)
     assert c.fidelity.padded_test_set is False and c.fidelity.eval_at_iteration_1 is True
     data = c.to_dict()
-    assert data["fidelity"] == {"padded_test_set": False} and data["schema_version"] == 1
+    assert data["fidelity"] == {"profile": "caffe", "switches": {"padded_test_set": False}}
+    assert data["schema_version"] == 2
     path = c.save(tmp_path / "exp_configuration.json")
-    assert json.loads(path.read_text())["profile"] == "caffe"
+    assert json.loads(path.read_text())["fidelity"]["profile"] == "caffe"
     assert ExperimentConfig.load(path) == c
     assert c.replace(profile="fixed").fidelity == Fidelity()
     assert c.replace(fidelity={"lower_drift": False}).fidelity.padded_test_set is False
@@ -74,8 +75,19 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
      "brn_incremental.r_max: must be a finite number, got nan"),
     ({"lr": -1}, "lr: must be > 0, got -1.0"),
     ({"lr": 0}, "lr: must be > 0, got 0.0"),
-    ({"ar1_f_max": -1}, "ar1_f_max: must be > 0, got -1.0"),
-    ({"ar1_xi": 0}, "ar1_xi: must be > 0, got 0.0"),
+    ({"method": "ar1", "ar1_f_max": -1}, "method_params.f_max: must be > 0, got -1.0"),
+    ({"method": "ar1", "method_params": {"xi": 0}}, "method_params.xi: must be > 0, got 0.0"),
+    ({"method": {"name": "ar1", "params": {"xi": 0}}}, "method.params.xi: must be > 0, got 0.0"),
+    ({"schedule": {"lr": -1}}, "schedule.lr: must be > 0, got -1.0"),
+    ({"schedule": {"brn_first_batch": {"t9": 1}}}, "schedule.brn_first_batch.t9: unknown key"),
+    ({"replay": {"name": "native", "params": {"layer": "pool6"}}},
+     "replay.params.layer: replay 'native' takes no such parameter (memory)"),
+    ({"replay": {"name": "none", "params": {"memory": 10}}}, "replay.params.memory: does not apply"),
+    ({"replay": {"name": "latent", "params": {"dtype": "int4"}}}, "replay.params.dtype: 'int4' is not one of"),
+    ({"fidelity": {"switches": {"lower_drift": 1}}}, "fidelity.switches.lower_drift: expected bool"),
+    ({"stream": {"name": "mnist"}}, "stream.name: 'mnist' is not one of core50_nicv2"),
+    ({"schema_version": 2, "streams": {}}, "streams: unknown section"),
+    ({"execution": {"gpu": 1}}, "execution.gpu: unknown key"),
     ({"weight_decay": -5}, "weight_decay: must be >= 0, got -5.0"),
     ({"classifier_lr_mult": -2}, "classifier_lr_mult: must be >= 0, got -2.0"),
     ({"brn_past_weight": 0}, "brn_past_weight: must be >= 1 (the incremental moving fraction is 1 - 1/weight), got 0"),
@@ -136,7 +148,8 @@ def test_latent_dtype_only_with_latent_replay():
 def test_glr_profile_and_overrides_round_trip():
     c = ExperimentConfig(replay="generative", glr_profile="reference", glr={"pca_components": 64})
     assert (c.glr.mode, c.glr.sampling, c.glr.nonneg, c.glr.pca_components) == ("joint", "buffer", "none", 64)
-    assert c.to_dict()["glr"] == {"pca_components": 64}
+    assert c.to_dict()["replay"]["params"] == {"layer": "conv5_4/dw", "memory": 1500, "profile": "reference",
+                                               "settings": {"pca_components": 64}}
     assert ExperimentConfig.from_dict(c.to_dict()) == c
     assert c.experiment_name.endswith("_glr-joint-buffer_reference")
     assert ExperimentConfig(replay="generative").glr.mode == "classcond"
@@ -146,39 +159,55 @@ def test_glr_profile_and_overrides_round_trip():
         ExperimentConfig.from_dict({"glr": {"extra": 1}})
 
 
+def schema1(cfg: ExperimentConfig) -> dict:
+    """A config as schema 1 wrote it: flat, AR1*'s constants as ar1_* keys."""
+    data = {**cfg.to_flat(), "schema_version": 1}
+    if cfg.method == "ar1":
+        data.update({f"ar1_{k}": v for k, v in data.pop("method_params").items()})
+    return data
+
+
 def test_what_counts_as_training_otherwise():
     """Results recorded with one config, compared with another: where things are and how a run executes
     do not count; weights count between none and a file; preprocessing 'auto' matches the value it
-    resolves to; the fidelity switches in force, when recorded, are compared one by one."""
+    resolves to; the fidelity switches in force, when recorded, are compared one by one. Recorded
+    configs of schema 1 (flat) are read through the converter."""
     cfg = ExperimentConfig(method="ar1", replay="latent")
-    rec = cfg.to_dict()
-    assert cfg.trained_otherwise(rec) == []
+    rec = schema1(cfg)
+    assert cfg.trained_otherwise(rec) == [] and cfg.trained_otherwise(cfg.to_dict()) == []
     moved = {**rec, "dataset_root": "/elsewhere", "filelists": "/x", "name": "n", "device": "cuda", "runs": [3],
              "out": "o", "cache_dir": "c", "max_batches": 2, "inference_chunk": 64, "channels_last": False}
     assert cfg.trained_otherwise(moved) == []
-    assert cfg.trained_otherwise({**rec, "lr": 0.5, "epochs": 1.0}) == ["epochs", "lr"]
+    assert cfg.trained_otherwise({**rec, "lr": 0.5, "epochs": 1.0}) == ["schedule.epochs", "schedule.lr"]
+    assert cfg.trained_otherwise({**rec, "ar1_c": 2.0}) == ["method.params.c"]
     # a key the recorded config lacks (added by a later version) takes today's default; one since removed counts
     assert cfg.trained_otherwise({k: v for k, v in rec.items() if k != "latent_dtype"}) == []
     assert cfg.trained_otherwise({**rec, "gone": 1}) == ["gone"]
+    sections = cfg.to_dict()
+    assert cfg.trained_otherwise({**sections, "execution": {"runs": [1], "device": "cpu"}}) == []
+    assert cfg.trained_otherwise({**sections, "paths": {"dataset_root": "/x"}}) == []
+    assert cfg.trained_otherwise({**sections, "schedule": {**sections["schedule"], "seed": 3}}) == ["schedule.seed"]
     # weights: another path is another spelling; none against a file is another start
     with_weights = cfg.replace(weights="/w/a.pt")
     assert with_weights.trained_otherwise({**rec, "weights": "/mnt/w/a.pt"}) == []
-    assert with_weights.trained_otherwise(rec) == ["weights"] and cfg.trained_otherwise(with_weights.to_dict()) == ["weights"]
+    assert with_weights.trained_otherwise(rec) == ["model.pretrained"]
+    assert cfg.trained_otherwise(with_weights.to_dict()) == ["model.pretrained"]
     # preprocessing: auto resolves to caffe without weights; with weights it is known only from them
     imagenet = cfg.replace(preprocessing="imagenet")
     assert cfg.preprocessing == "auto" and cfg.known_preprocessing() == "caffe"
-    assert imagenet.trained_otherwise(rec) == [] and imagenet.trained_otherwise(rec, preprocessing="caffe") == ["preprocessing"]
-    assert cfg.trained_otherwise(imagenet.to_dict(), preprocessing="imagenet") == ["preprocessing"]
+    assert imagenet.trained_otherwise(rec) == ["model.preprocessing"]
+    assert imagenet.trained_otherwise(rec, preprocessing="imagenet") == []
+    assert cfg.trained_otherwise(imagenet.to_dict(), preprocessing="imagenet") == ["model.preprocessing"]
     assert with_weights.known_preprocessing() is None
     assert with_weights.trained_otherwise({**rec, "weights": "/w/a.pt"}, preprocessing="imagenet") == []
     assert with_weights.trained_otherwise({**rec, "weights": "/w/a.pt"}, preprocessing="imagenet",
-                                          preprocessing_now="caffe") == ["preprocessing"]
+                                          preprocessing_now="caffe") == ["model.preprocessing"]
     # the switches in force: a default changed since shows, and an explicit switch matching it does not
     in_force = {**cfg.describe_fidelity(), "importance_from": "gradients"}
     assert cfg.trained_otherwise(rec, in_force) == ["fidelity.importance_from"]
     explicit = cfg.replace(fidelity=dataclasses.replace(cfg.fidelity, importance_from="gradients"))
     assert explicit.trained_otherwise(rec, in_force) == []
-    assert explicit.trained_otherwise(rec) == ["fidelity"]          # without the switches in force: the overrides
+    assert explicit.trained_otherwise(rec) == ["fidelity.importance_from"]   # the profile's, with its overrides
 
 
 def test_only_switches_that_can_change_an_experiment_are_compared():
@@ -205,18 +234,22 @@ def test_only_switches_that_can_change_an_experiment_are_compared():
 def test_keys_that_mean_nothing_for_an_experiment_are_not_compared():
     """AR1*'s constants for a naive run, a latent dtype without latent replay, a memory size without a
     memory, GLR settings without generative replay: recorded values that differ do not make results
-    another experiment's. A damaged recorded config is compared as written, without an error."""
+    another experiment's (schema 1 wrote them all; schema 2 writes only what applies). A damaged recorded
+    config is compared as written, naming the key, without an error."""
     naive = ExperimentConfig(method="naive", replay="none")
-    rec = naive.to_dict()
+    rec = schema1(naive)
     assert naive.trained_otherwise({**rec, "ar1_xi": 0.5, "replay_memory": 10, "glr_profile": "reference"}) == []
-    assert naive.trained_otherwise({**rec, "lr": 0.5}) == ["lr"]
+    assert naive.trained_otherwise({**rec, "lr": 0.5}) == ["schedule.lr"]
+    assert naive.to_dict()["replay"] == {"name": "none", "params": {}} and naive.to_dict()["method"]["params"] == {}
     caffe = ExperimentConfig(method="naive", replay="none", profile="caffe")      # B1: a memory all the same
-    assert caffe.trained_otherwise({**caffe.to_dict(), "replay_memory": 10}) == ["replay_memory"]
+    assert caffe.to_dict()["replay"] == {"name": "none", "params": {"memory": 1500}}
+    assert caffe.trained_otherwise({**schema1(caffe), "replay_memory": 10}) == ["replay.params.memory"]
     ar1 = ExperimentConfig(method="ar1", replay="latent")
-    assert ar1.trained_otherwise({**ar1.to_dict(), "ar1_xi": 0.5, "latent_dtype": "uint8"}) == ["ar1_xi", "latent_dtype"]
+    assert ar1.trained_otherwise({**schema1(ar1), "ar1_xi": 0.5, "latent_dtype": "uint8"}) == \
+        ["method.params.xi", "replay.params.dtype"]
     for damaged in ({**rec, "method": ["naive"]}, {**rec, "replay": {"x": 1}}, {**rec, "profile": 3}):
         changed = naive.trained_otherwise(damaged)
-        assert changed and set(changed) <= {"method", "replay", "profile"}
+        assert changed and set(changed) <= {"method", "replay", "profile"}, changed
 
 
 def test_results_recorded_before_full_minibatches_count_as_trained_otherwise():

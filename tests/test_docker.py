@@ -341,7 +341,7 @@ def test_container_build_and_run(request, tmp_path):
         assert len(rows) == 3 and rows[0].startswith("batch,kind,iteration,test_accuracy")
         summary = json.loads((exp / "run0" / "summary.json").read_text())
         assert summary["finished"] and summary["batches"] == 2 and summary["device"] == "cpu"
-        assert summary["torch"].startswith("2.13.0") and summary["config"]["dataset_root"] == "/datasets"
+        assert summary["torch"].startswith("2.13.0") and summary["config"]["paths"]["dataset_root"] == "/datasets"
         for p in [exp / "run0" / "metrics.csv", exp / "run0" / "summary.json", exp / "summary.csv"]:
             assert (p.stat().st_uid, p.stat().st_gid) == (4321, 4321), p
         assert (out / ".cache").is_dir()   # the frame cache lives with the results (LATENT_REPLAY_CACHE)

@@ -119,7 +119,7 @@ def test_runs_trained_with_another_configuration_are_left_out(tmp_path):
     summary.json records other training settings is not drawn under the new label; other spellings of
     where things are and how they ran, and summaries without a config, still count."""
     exp = write_experiment(tmp_path, "x", {0: 0.5, 1: 0.6, 2: 0.7, 3: 0.8})
-    config = ExperimentConfig.load(exp / CONFIG_FILE).to_dict()
+    config = ExperimentConfig.load(exp / CONFIG_FILE).to_flat()   # summaries of schema 1 are flat
     in_force = ExperimentConfig.load(exp / CONFIG_FILE).describe_fidelity()
     assert ExperimentConfig.load(exp / CONFIG_FILE).method != "ar1"
     for run, changes, extra in ((0, {}, {"fidelity": in_force, "preprocessing": "caffe"}),
@@ -135,11 +135,11 @@ def test_runs_trained_with_another_configuration_are_left_out(tmp_path):
     notes = []
     (e,) = F.load_experiments([tmp_path], notes)
     assert [r.number for r in e.runs] == [0, 2, 3, 6]
-    assert e.left_out == ["run1: trained with another configuration than the experiment's (changed: epochs, lr)",
+    assert e.left_out == ["run1: trained with another configuration than the experiment's (changed: schedule.epochs, schedule.lr)",
                           "run4: trained with another configuration than the experiment's "
                           "(changed: fidelity.classifier_bias)",
-                          "run5: trained with another configuration than the experiment's (changed: preprocessing)"]
-    assert f"{exp}: run1: trained with another configuration than the experiment's (changed: epochs, lr); left out" in notes
+                          "run5: trained with another configuration than the experiment's (changed: model.preprocessing)"]
+    assert f"{exp}: run1: trained with another configuration than the experiment's (changed: schedule.epochs, schedule.lr); left out" in notes
 
 
 def test_same_experiment_reached_twice_is_loaded_once(results):

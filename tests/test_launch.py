@@ -251,7 +251,8 @@ def test_json_for_every_method_and_replay(db, tmp_path, capsys):
         assert os.access(exp / RUN_SCRIPT, os.X_OK)
         keys = ("method", "scenario", "replay", "latent_layer", "replay_memory", "runs", "device", "profile",
                 "dataset_root", "filelists", "weights", "out", "max_batches", "schema_version")
-        found[f"{method} {replay}"] = {"experiment": exp.name, **{k: data[k] for k in keys},
+        flat = {**cfg.to_flat(), "schema_version": data["schema_version"]}
+        found[f"{method} {replay}"] = {"experiment": exp.name, **{k: flat[k] for k in keys},
                                        "info": [ln for ln in stdout.splitlines() if ln.startswith("info:")]}
     _golden_json("prepare_configs.json", found)
 
@@ -365,7 +366,7 @@ def test_force_sets_aside_finished_runs_of_another_training(db, tmp_path, capsys
     argv = ["AR1F", "391", "latent", db, "--out", tmp_path / "r", "--runs", "0,1,2"]
     assert run(argv, capsys)[0] == 0
     exp = tmp_path / "r" / "ar1free_nicv2_391_latent_conv5_4dw_m1500"
-    saved = ExperimentConfig.load(exp / CONFIG_FILE).to_dict()
+    saved = ExperimentConfig.load(exp / CONFIG_FILE).to_flat()   # summaries of schema 1 are flat
     _finished_run(exp / "run0", saved)
     _finished_run(exp / "run1", saved, lr=0.01, device="cuda", dataset_root="/elsewhere", inference_chunk=64)
     (exp / "run2").mkdir()
@@ -377,7 +378,7 @@ def test_force_sets_aside_finished_runs_of_another_training(db, tmp_path, capsys
                                                      RUN_SCRIPT]
     assert json.loads((exp / "run0.former2" / "summary.json").read_text())["config"]["lr"] == saved["lr"]
     line = [ln for ln in out.splitlines() if "set aside" in ln]
-    assert line == [f"info: {launch._display(exp / 'run0')} was trained with another configuration (changed: lr): "
+    assert line == [f"info: {launch._display(exp / 'run0')} was trained with another configuration (changed: schedule.lr): "
                     "set aside as run0.former2"]
     # a write that fails moves nothing
     (exp / RUN_SCRIPT).unlink()
@@ -614,7 +615,7 @@ def test_local_launcher_end_to_end(tmp_path):
     assert rows[0].startswith("batch,kind,iteration,test_accuracy") and len(rows) == 3
     summary = json.loads((exp / "run0" / "summary.json").read_text())
     assert summary["finished"] and summary["batches"] == 2 and summary["device"] == "cpu"
-    assert summary["config"]["replay_memory"] == 20
+    assert summary["config"]["replay"]["params"]["memory"] == 20
     assert (exp / "summary.csv").is_file()
 
 

@@ -77,5 +77,5 @@ def test_trains_and_resumes_in_the_golden_setting(tiny_nicv2, tmp_path, replay, 
     metrics = [[line.split(",")[:6] for line in (d / "metrics.csv").read_text().splitlines()] for d in runs]
     assert metrics[0] == metrics[1] and len(metrics[0]) == 5
     summary = json.loads((runs[0] / "summary.json").read_text())
-    assert summary["config"]["method"] == "lwf" and summary["config"]["method_params"]["lam"] == 1.0
+    assert summary["config"]["method"] == {"name": "lwf", "params": {"lam": 1.0, "temperature": 2.0}} and summary["config"]["method"]["params"]["lam"] == 1.0
     assert 0 < summary["final_accuracy"] <= 1

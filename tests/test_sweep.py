@@ -654,7 +654,7 @@ def test_changed_configuration_needs_force_and_grown_grid_keeps_indices(db, tmp_
     (exp / "run0" / "summary.json").write_text(json.dumps({"final_accuracy": 0.5, "config": old}))
     r = cli("sweep", path)
     assert r.exit_code == 1 and r.stderr == (
-        f"Error: {exp}: it was prepared with epochs = 4.0, the sweep now gives 2.0; its results would mix two "
+        f"Error: {exp}: it was prepared with schedule.epochs = 4.0, the sweep now gives 2.0; its results would mix two "
         "configurations (choose another out folder, or --force to replace the configuration; its finished runs that "
         "trained otherwise are set aside)\n")
     # the dry run counts the finished run as missing under the new configuration, and moves nothing
@@ -664,11 +664,11 @@ def test_changed_configuration_needs_force_and_grown_grid_keeps_indices(db, tmp_
     status = S.collect_status(out)[0]
     assert (status.state, status.detail) == ("finished", "final accuracy 0.5000")
     r = cli("sweep", path, "--force")
-    assert r.exit_code == 0 and f"{exp.name}: it was prepared with epochs = 4.0" in r.stdout
-    assert f"{exp / 'run0'} was trained with another configuration (changed: epochs): set aside as run0.former" in r.stdout
+    assert r.exit_code == 0 and f"{exp.name}: it was prepared with schedule.epochs = 4.0" in r.stdout
+    assert f"{exp / 'run0'} was trained with another configuration (changed: schedule.epochs): set aside as run0.former" in r.stdout
     assert json.loads((exp / "run0.former" / "summary.json").read_text())["config"] == old
     assert not (exp / "run0").exists() and fake_slurm.calls()[-1] == ["--parsable", "--array=0-3%2", str(out / "sweep.sbatch")]
-    assert json.loads((exp / "exp_configuration.json").read_text())["epochs"] == 2.0
+    assert json.loads((exp / "exp_configuration.json").read_text())["schedule"]["epochs"] == 2.0
     # a run that finished with other settings than the config (e.g. edited by hand since): not finished;
     # while Slurm lists its task it is pending as any other, and resubmitting sets it aside first (the
     # trainer would refuse it, and the task would fail again at every resubmission)
@@ -677,21 +677,21 @@ def test_changed_configuration_needs_force_and_grown_grid_keeps_indices(db, tmp_
     (out / "state" / "task0").write_text("task=0\njob=1001_0\nhost=h\npid=1\nstarted=x\nended=y\nexit=0\n")
     status = S.collect_status(out)[0]
     assert (status.state, status.exit) == ("missing", None)
-    assert status.detail == ("finished with another configuration than its experiment's (changed: epochs); "
+    assert status.detail == ("finished with another configuration than its experiment's (changed: schedule.epochs); "
                              "submitting it sets that run aside and trains it again")
     fake_slurm.queue("1001|0|PENDING")
     assert S.collect_status(out)[0].state == "pending"
     fake_slurm.queue("1001|1|RUNNING", "1001|2|RUNNING", "1001|3|RUNNING")
     r = cli("sweep", "resubmit", out)
     assert r.exit_code == 0, r.output
-    assert (f"{exp / 'run0'} was trained with another configuration (changed: epochs): set aside as run0.former2"
+    assert (f"{exp / 'run0'} was trained with another configuration (changed: schedule.epochs): set aside as run0.former2"
             in r.stdout)
     assert fake_slurm.calls()[-1] == ["--parsable", "--array=0%2", str(out / "sweep.sbatch")]
     assert not (exp / "run0").exists() and (exp / "run0.former2" / "summary.json").is_file()
     fake_slurm.queue()
     # a config the trainer rewrote with its run only is the same experiment
     cfg = json.loads((exp / "exp_configuration.json").read_text())
-    (exp / "exp_configuration.json").write_text(json.dumps({**cfg, "runs": [1]}))
+    (exp / "exp_configuration.json").write_text(json.dumps({**cfg, "execution": {**cfg["execution"], "runs": [1]}}))
     fake_slurm.queue(*(f"1001|{i}|PENDING" for i in range(4)))
     data["grid"]["method"] = ["naive", "cwr", "ar1free"]
     r = cli("sweep", sweep_file(tmp_path, data))
@@ -699,7 +699,7 @@ def test_changed_configuration_needs_force_and_grown_grid_keeps_indices(db, tmp_
     assert fake_slurm.calls()[-1] == ["--parsable", "--array=4-5%2", str(out / "sweep.sbatch")]
     assert [(t.index, t.experiment.split("_")[0], t.run) for t in S.read_tasks(out)] == [
         (0, "ar1free", 0), (1, "ar1free", 1), (2, "naive", 0), (3, "naive", 1), (4, "cwr", 0), (5, "cwr", 1)]
-    assert json.loads((exp / "exp_configuration.json").read_text())["runs"] == [0, 1]
+    assert json.loads((exp / "exp_configuration.json").read_text())["execution"]["runs"] == [0, 1]
 
 
 def test_no_sbatch_is_one_line_and_writes_nothing(db, tmp_path, monkeypatch):
@@ -720,7 +720,7 @@ def test_docker_and_apptainer_sweeps_see_container_paths(db, tmp_path, fake_slur
             data["image"] = image
         assert cli("sweep", sweep_file(tmp_path, data)).exit_code == 0
         exp = out / "ar1free_nicv2_391_latent_conv5_4dw_m20"
-        cfg = json.loads((exp / "exp_configuration.json").read_text())
+        cfg = json.loads((exp / "exp_configuration.json").read_text())["paths"]
         assert (cfg["dataset_root"], cfg["filelists"], cfg["out"]) == ("/datasets", "/datasets/batch_filelists", "/results")
         text = (out / "sweep.sbatch").read_text()
         assert "#SBATCH --gres=gpu:1" in text
@@ -843,8 +843,11 @@ def test_ar1_constants_apply_to_ar1_only(db, tmp_path):
     ex = S.expand(S.parse_sweep(base(db, tmp_path, grid={"method": ["naive", "ar1"], "ar1_xi": [0.001, 0.01]}),
                                 "s.json"))
     assert [p.name for p in ex.experiments] == ["naive_nicv2_391_latent_conv5_4dw_m20",
-                                                "ar1_nicv2_391_latent_conv5_4dw_m20_ar1-xi-0.001",
-                                                "ar1_nicv2_391_latent_conv5_4dw_m20_ar1-xi-0.01"]
+                                                "ar1_nicv2_391_latent_conv5_4dw_m20_xi0.001",
+                                                "ar1_nicv2_391_latent_conv5_4dw_m20_xi0.01"]
+    assert ex.experiments[1].plan.config.method_params == {"f_max": 0.001, "c": 1.0, "xi": 0.001}
+    same = S.expand(S.parse_sweep(base(db, tmp_path, grid={"method": ["ar1"], "method_params.xi": [0.001]}), "s.json"))
+    assert [p.name for p in same.experiments] == ["ar1_nicv2_391_latent_conv5_4dw_m20_xi0.001"]
     assert ex.merged == 1 and ex.dropped == {"ar1_xi"}
 
 

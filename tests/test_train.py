@@ -265,7 +265,7 @@ def test_ar1_star_tracks_only_moving_weights_and_damps_them(tiny, tmp_path):
     assert set(imp.tau) == {"conv5_4_sep.conv.weight", "conv5_5_sep.conv.weight", "conv5_6_sep.conv.weight",
                             "conv6_sep.conv.weight"}
     assert float(imp.F["conv1.conv.weight"].max()) > 0  # importance from batch 0
-    assert all(float(f.max()) <= cfg.ar1_f_max * (1 + 1e-6) for f in imp.F.values())
+    assert all(float(f.max()) <= cfg.method_params["f_max"] * (1 + 1e-6) for f in imp.F.values())
 
 
 @pytest.mark.parametrize("sampling", ["buffer", "on_the_fly"])
@@ -582,7 +582,7 @@ def test_command_line_overrides_do_not_rewrite_the_prepared_config(tiny, tmp_pat
     other = cfg.replace(lr=0.5, name=cfg.experiment_name, runs=[0])
     before = (exp / "exp_configuration.json").read_bytes()
     with pytest.raises(ConfigError, match=r"exp_configuration.json: the experiment's results \(run0\) were "
-                                          r"trained with another configuration \(changed: lr\)"):
+                                          r"trained with another configuration \(changed: schedule.lr\)"):
         Trainer(other, progress=False).run_all()
     assert (exp / "exp_configuration.json").read_bytes() == before
     # the same training written differently is not refused: another spelling of the dataset root, the
@@ -606,7 +606,7 @@ def test_a_checkpoint_resumes_only_under_the_switches_it_was_written_with(tiny, 
     state["preprocessing"] = "imagenet"                         # what 'auto' resolved to is compared too
     torch.save(state, d / "checkpoint.pt")
     with pytest.raises(ConfigError, match=r"checkpoint.pt: the checkpoint was written with another configuration "
-                                          r"\(changed: preprocessing\): use --force to start the run again$"):
+                                          r"\(changed: model.preprocessing\): use --force to start the run again$"):
         Trainer(cfg, progress=False).run_all()
     state["preprocessing"] = "caffe"
     state["fidelity"]["importance_from"] = "gradients"          # as the default was before
@@ -617,7 +617,7 @@ def test_a_checkpoint_resumes_only_under_the_switches_it_was_written_with(tiny, 
         Trainer(cfg, progress=False).run_all()
     # a key changed in the experiment's config file is named too
     cfg.replace(lr=0.5).save(d.parent / "exp_configuration.json")
-    with pytest.raises(ConfigError, match=r"\(changed: fidelity.importance_from, lr;"):
+    with pytest.raises(ConfigError, match=r"\(changed: fidelity.importance_from, schedule.lr;"):
         Trainer(cfg.replace(lr=0.5), progress=False).run_all()
     cfg.save(d.parent / "exp_configuration.json")
     del state["fidelity"]                                         # written before the switches were recorded
@@ -638,7 +638,7 @@ def test_finished_runs_of_another_configuration_are_neither_skipped_nor_averaged
     edited.save(exp / "exp_configuration.json")
     results = {p: p.read_bytes() for p in sorted(exp.rglob("*")) if p.is_file()}
     with pytest.raises(ConfigError, match=rf"^{exp / 'run0'} \(and run1\): finished with another configuration "
-                                          r"than this one \(changed: lr\); use --force"):
+                                          r"than this one \(changed: schedule.lr\); use --force"):
         Trainer(edited, progress=False).run_all()
     with pytest.raises(ConfigError, match=r"run1: finished with another"):   # refused before the config is written
         Trainer(edited.replace(runs=[1], inference_chunk=3), progress=False).run_all()
@@ -646,12 +646,12 @@ def test_finished_runs_of_another_configuration_are_neither_skipped_nor_averaged
     # --force for run 0 only: run 1 keeps the former results, which summary.csv leaves out
     with caplog.at_level(logging.WARNING, logger="latent_replay.results"):
         Trainer(edited.replace(runs=[0]), progress=False).run_all(force=True)
-    assert f"{exp / 'run1'}: left out of summary.csv: trained with another configuration (changed: lr)" in caplog.text
+    assert f"{exp / 'run1'}: left out of summary.csv: trained with another configuration (changed: schedule.lr)" in caplog.text
     summary = pd.read_csv(exp / "summary.csv")
     run0 = pd.read_csv(exp / "run0" / "metrics.csv")
     assert (summary["runs"] == 1).all()
     assert summary["test_accuracy_mean"].tolist() == pytest.approx(run0["test_accuracy"].tolist(), abs=1e-6)
-    assert json.loads((exp / "run0" / "summary.json").read_text())["config"]["lr"] == 0.05
+    assert json.loads((exp / "run0" / "summary.json").read_text())["config"]["schedule"]["lr"] == 0.05
     # what preprocessing 'auto' resolves to comes from the weights: the trainer names it and the way out
     summary = json.loads((exp / "run0" / "summary.json").read_text())
     (exp / "run0" / "summary.json").write_text(json.dumps({**summary, "preprocessing": "imagenet"}))

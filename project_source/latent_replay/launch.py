@@ -36,7 +36,8 @@ from typing import Iterable, Optional, Sequence
 import click
 
 from . import __version__
-from .config import LATENT_LAYERS, PROFILES, ConfigError, ExperimentConfig, set_key
+from .config import LATENT_LAYERS, PROFILES, ConfigError, ExperimentConfig, flat_key, set_key
+from .config.sections import SCHEMA1_METHOD_KEYS
 from .data.classes import IMAGES_DIR, LABELS_FILE, NUM_CLASSES
 from .registry import METHODS as REGISTRY_METHODS
 from .registry import REPLAYS as REGISTRY_REPLAYS
@@ -71,7 +72,7 @@ MANAGED_KEYS = {
     "method": "METHOD", "scenario": "SCENARIO", "replay": "REPLAY", "dataset_root": "DB_PATH",
     "latent_layer": "--latent_layer", "replay_memory": "--replay_memory", "runs": "--runs",
     "device": "--device", "profile": "--profile", "out": "--out", "filelists": "--filelists",
-    "weights": "--weights", "max_batches": "--max_batches", "schema_version": "(fixed)",
+    "weights": "--weights", "max_batches": "--max_batches",
 }
 
 
@@ -218,14 +219,14 @@ def _parse_set(text: str) -> tuple[str, object]:
 
 def _apply_sets(data: dict, settings: Iterable[tuple[str, object]]) -> None:
     """``--set`` keys and values (each checked as it comes, so that errors come in the command line's order)."""
-    known = {f.name for f in fields(ExperimentConfig)}
+    known = {f.name for f in fields(ExperimentConfig)} | set(SCHEMA1_METHOD_KEYS)
     for key, value in settings:
-        top = key.partition(".")[0]
+        top = flat_key(key).partition(".")[0]
         if top in MANAGED_KEYS:
             raise UsageError("--set", f"{top!r} is set by {MANAGED_KEYS[top]}, not --set")
         if top not in known:
-            raise UsageError("--set", f"unknown config key {top!r} (the keys of ExperimentConfig, "
-                                      "latent_replay/config.py)")
+            raise UsageError("--set", f"unknown config key {key.partition('.')[0]!r} (a key of a configuration's "
+                                      "sections, e.g. schedule.epochs, or its flat name, epochs; docs/cli.md)")
         set_key(data, key, value)
 
 

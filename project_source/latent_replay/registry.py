@@ -55,6 +55,9 @@ class Entry:
     colour: Optional[str] = None
     #: A dataclass of the entry's own parameters (``method_params`` of a config), or None.
     params: Optional[type] = None
+    #: The experiment settings the entry reads, as (name in its config section's ``params``, attribute
+    #: of :class:`~latent_replay.config.ExperimentConfig`): a replay's layer, memory size and storage.
+    keys: tuple[tuple[str, str], ...] = ()
     #: Sort key: the order of the names in error messages, tables and figure legends.
     order: float = 0.0
 
@@ -68,14 +71,15 @@ class Registry:
         self._loaded = False
 
     def register(self, name: str, *, title: str, aliases: tuple[str, ...] = (), colour: Optional[str] = None,
-                 params: Optional[type] = None, order: Optional[float] = None) -> Callable[[Any], Any]:
+                 params: Optional[type] = None, keys: tuple[tuple[str, str], ...] = (),
+                 order: Optional[float] = None) -> Callable[[Any], Any]:
         """Decorator: register the class (or function) under ``name``."""
         def add(obj):
             clash = [n for n in dict.fromkeys((name, *aliases)) if n in self._lookup()]
             if clash:
                 raise ValueError(f"{self.kind} {clash[0]!r} is registered already")
             rank = len(self._entries) if order is None else order
-            self._entries[name] = Entry(name, obj, title, tuple(aliases), colour, params, rank)
+            self._entries[name] = Entry(name, obj, title, tuple(aliases), colour, params, tuple(keys), rank)
             return obj
         return add
 

@@ -5,7 +5,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..config import RESUMABLE_CHANGES, ConfigError, ExperimentConfig
+from ..config import ConfigError, ExperimentConfig, flatten
 from ..data.core50 import DatasetError, load_frames, open_root
 from ..data.filelists import default_filelists_root
 from ..data.nicv2 import load_scenario
@@ -24,15 +24,16 @@ def _summary_batches(run_folder: Path) -> int:
 
 
 #: What ``latent-replay train`` can override on its command line (for that call only).
-CLI_OVERRIDES = ("runs", "device", "out")
+CLI_OVERRIDES = ("execution.runs", "execution.device", "paths.out")
+#: What may change between an interrupted run and its resumption, besides the command line's overrides:
+#: how it executes (the whole ``execution`` section) and where the frame cache is.
+RESUMABLE = ("execution", "paths.out", "paths.cache_dir")
 
 
 def _without(config: dict, keys) -> dict:
-    return {k: v for k, v in config.items() if k not in keys}
-
-
-def _identity(config: dict) -> dict:
-    return _without(config, RESUMABLE_CHANGES)
+    """A config's file form without some of its dotted keys (``section`` or ``section.key``)."""
+    return {k: v for k, v in flatten(config).items()
+            if k not in keys and k.partition(".")[0] not in keys}
 
 
 # ------------------------------------------------------------------------------------- experiment
@@ -88,7 +89,7 @@ class Trainer:
             except ConfigError:
                 saved = None
         old, new = (saved.to_dict() if saved is not None else None), cfg.to_dict()
-        same = saved is not None and _identity(old) == _identity(new)
+        same = saved is not None and _without(old, RESUMABLE) == _without(new, RESUMABLE)
         if saved is not None and not same:
             self._refuse_other_results(path, old, force)
         if not force:
@@ -131,7 +132,7 @@ class Trainer:
             return
         d, changed = stale[0]
         more = f" (and {', '.join(x.name for x, _ in stale[1:])})" if len(stale) > 1 else ""
-        if changed == ["preprocessing"]:   # 'auto' now resolves otherwise: only the weights tell, so say it here
+        if changed == ["model.preprocessing"]:   # 'auto' now resolves otherwise: only the weights tell, so say it here
             used = (read_summary(d) or {}).get("preprocessing")
             raise ConfigError(f"{d}{more}: finished with {used} preprocessing, but this configuration's "
                               f"({self.cfg.preprocessing}, weights {self.cfg.weights}) is {self.preprocessing}; "

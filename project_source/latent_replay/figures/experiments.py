@@ -10,16 +10,14 @@ from typing import Iterable
 
 import numpy as np
 
-from ..config import EXECUTION_KEYS, LATENT_DTYPES, LATENT_LAYERS, ConfigError, ExperimentConfig
+from ..config import LATENT_DTYPES, LATENT_LAYERS, SECTION_KEYS, ConfigError, ExperimentConfig, flatten
 from ..registry import METHODS, REPLAYS
 from ..results import CONFIG_FILE, experiment_folders, finished_runs
 
 log = logging.getLogger(__package__)   # "latent_replay.figures", as before the split
 
-#: Config keys that say nothing about what was trained (or are shown through other means).
-_IGNORED_KEYS = {"runs", "out", "name", "device", "cache_dir", *EXECUTION_KEYS, "dataset_root", "filelists",
-                 "schema_version", "fidelity", "method", "scenario", "replay", "latent_layer", "replay_memory",
-                 "latent_dtype", "profile"}
+#: Flat keys the figures show through other means (their own dimension, the profile's name).
+_SHOWN_KEYS = {"method", "scenario", "replay", "latent_layer", "replay_memory", "latent_dtype", "profile", "fidelity"}
 
 
 @dataclass
@@ -147,13 +145,13 @@ def load_experiments(result_dirs: Iterable[str | Path], notes: list[str] | None 
 
 
 def _flat_config(cfg: ExperimentConfig) -> dict:
-    data = {k: v for k, v in cfg.to_dict().items() if k not in _IGNORED_KEYS}
-    # switches that differ from the experiment's profile (the profile itself is shown as such)
+    """What the experiment computes that the figures' dimensions do not show, as flat ``key: value``:
+    the keys of its identity's sections that apply to it (not ``execution`` or ``paths``), and the
+    fidelity switches that differ from its profile's."""
+    where = {k for section in ("execution", "paths") for k in SECTION_KEYS[section]}
+    data = {k: v for k, v in flatten(cfg.to_flat()).items()
+            if k.partition(".")[0] not in where | _SHOWN_KEYS and v != {} and cfg.key_in_effect(k)}
     data.update({f"fidelity.{k}": v for k, v in cfg.fidelity_overrides().items()})
-    for k, v in list(data.items()):
-        if isinstance(v, dict):  # BRN settings
-            del data[k]
-            data.update({f"{k}.{kk}": vv for kk, vv in v.items()})
     return data
 
 
@@ -161,7 +159,8 @@ def _set_extras(experiments: list[Experiment]) -> None:
     """Fill ``extras`` (config keys that differ between experiments) and ``tag`` (identical configs)."""
     flats = [_flat_config(e.config) for e in experiments]
     keys = sorted({k for f in flats for k in f})
-    varying = [k for k in keys if len({repr(f.get(k)) for f in flats}) > 1]
+    varying = [k for k in keys if len({repr(f.get(k)) for f in flats if k in f}) > 1
+               or any(k not in f and e.config.key_in_effect(k) for f, e in zip(flats, experiments))]
     for e, f in zip(experiments, flats):  # None: not set (derived or the profile's default)
         e.extras = tuple(f"{k}={f[k]}" for k in varying if f.get(k) is not None)
     groups: dict[tuple, list[Experiment]] = {}

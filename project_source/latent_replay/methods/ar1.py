@@ -16,10 +16,12 @@ as in the original release, whose AR1S solver was never loaded.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..models import param_names_by_kind
-from ..registry import METHODS
+from ..registry import METHODS, Interval
 from .cwr import CWRStar
 
 IMPORTANCE_KINDS = ("conv1", "depthwise", "pointwise")
@@ -109,7 +111,24 @@ class Importance:
                 target[n] = t.to(self.params[n].device)
 
 
-@METHODS.register("ar1", title="AR1*", aliases=("AR1S",), colour="#d62728", order=3)
+@dataclass
+class AR1Params:
+    """AR1*'s own parameters (``method.params`` of a config; schema 1 wrote them as ``ar1_f_max``,
+    ``ar1_c`` and ``ar1_xi``). The original's values (spec §6.2), calibrated for importance from the
+    applied updates."""
+
+    #: F_max, the importance at which a weight stops moving (the original's ``ewc_clip_to``).
+    f_max: float = 0.001
+    #: c, the pre-multiplier of each batch's path integral (``ewc_w``).
+    c: float = 1.0
+    #: xi, the damping of the squared total displacement.
+    xi: float = 1e-7
+
+    _parameter_constraints = {"f_max": Interval(0, None, closed="neither"), "c": Interval(0, None, closed="left"),
+                              "xi": Interval(0, None, closed="neither")}
+
+
+@METHODS.register("ar1", title="AR1*", aliases=("AR1S",), colour="#d62728", params=AR1Params, order=3)
 class AR1Star(AR1Free):
     """AR1*: AR1*-free with the importance-based gradient scaling on the shared convolution weights."""
 
@@ -120,7 +139,8 @@ class AR1Star(AR1Free):
         names = param_names_by_kind(model)
         all_params = dict(model.named_parameters())
         tracked = {n: all_params[n] for k in IMPORTANCE_KINDS for n in names[k]}
-        self.importance = Importance(tracked, c=cfg.ar1_c, xi=cfg.ar1_xi, f_max=cfg.ar1_f_max,
+        params = AR1Params(**cfg.method_params)
+        self.importance = Importance(tracked, c=params.c, xi=params.xi, f_max=params.f_max,
                                      mode=cfg.fidelity.importance_from)
         self.apply_scaling = not cfg.fidelity.ar1_as_ar1free
         self.moving: set[str] | None = None

@@ -9,20 +9,26 @@ from .generative import GenerativeReplay
 from .memory import STORAGE_DTYPES, ReplayMemory, choose_update, n_current
 
 
-@REPLAYS.register("none", title="no replay", aliases=("no",), order=0)
-@REPLAYS.register("native", title="native replay", aliases=("pure",), order=1)
+_MEMORY = (("memory", "replay_memory"),)
+_LAYER = (("layer", "latent_layer"),)
+
+
+@REPLAYS.register("none", title="no replay", aliases=("no",), keys=_MEMORY, order=0)
+@REPLAYS.register("native", title="native replay", aliases=("pure",), keys=_MEMORY, order=1)
 def _frames(cfg, device, seed) -> ReplayMemory:
     """uint8 frames; ``none`` builds the memory the original still mixes in without replay
     (``fidelity.replay_when_none``, B1)."""
     return ReplayMemory(cfg.replay_memory, "uint8_frames", device)
 
 
-@REPLAYS.register("latent", title="latent replay", aliases=("latent",), order=2)
+@REPLAYS.register("latent", title="latent replay", aliases=("latent",),
+                  keys=(*_LAYER, *_MEMORY, ("dtype", "latent_dtype")), order=2)
 def _latents(cfg, device, seed) -> ReplayMemory:
     return ReplayMemory(cfg.replay_memory, cfg.latent_dtype, device)
 
 
-REPLAYS.register("generative", title="generative latent replay", aliases=("generative",), order=3)(
+REPLAYS.register("generative", title="generative latent replay", aliases=("generative",),
+                 keys=(*_LAYER, *_MEMORY, ("profile", "glr_profile"), ("settings", "glr")), order=3)(
     GenerativeReplay.from_config)
 
 

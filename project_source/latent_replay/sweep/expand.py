@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass, field
 
 from .. import launch
-from ..config import ConfigError, ExperimentConfig
-from ..registry import METHODS, REPLAYS
+from ..config import ConfigError, ExperimentConfig, applies, flatten
+from ..config.sections import SCHEMA1_METHOD_KEYS
 from .schema import Sweep, SweepError
 
 #: Config keys the launcher takes as their own argument (everything else goes through ``settings``).
@@ -45,29 +45,6 @@ class Expansion:
     merged: int = 0
     dropped: set = field(default_factory=set)
     notes: list = field(default_factory=list)
-
-
-def _replay_of(values: dict) -> str:
-    replay = values.get("replay", ExperimentConfig.replay)
-    return REPLAYS.canonical(replay)
-
-
-def applies(key: str, values: dict) -> bool:
-    """Whether a config key means anything for the experiment given by ``values``."""
-    top = key.partition(".")[0]
-    replay = _replay_of(values)
-    if top.startswith("ar1_"):     # AR1*'s importance constants: an ar1_* grid merges for the other methods
-        method = values.get("method", ExperimentConfig.method)
-        return METHODS.canonical(method) == "ar1"
-    if top == "latent_layer":
-        return replay in ("latent", "generative")
-    if top == "latent_dtype":
-        return replay == "latent"
-    if top == "replay_memory":
-        return replay != "none"
-    if top in ("glr", "glr_profile"):
-        return replay == "generative"
-    return True
 
 
 def describe_values(values: dict) -> str:
@@ -114,9 +91,14 @@ def _plan(sweep: Sweep, values: dict, filelist_checks: dict) -> launch.Plan:
         raise
 
 
+def _names_method_param(key: str) -> bool:
+    """A method's parameter: the default experiment name encodes each one that differs from its default."""
+    return key.startswith("method_params.") or key in SCHEMA1_METHOD_KEYS
+
+
 def _name_extra_keys(plan: launch.Plan, shown: dict) -> None:
     """Grid keys the default experiment name does not encode are appended to it."""
-    extra = [(k, v) for k, v in shown.items() if k not in NAMED_KEYS]
+    extra = [(k, v) for k, v in shown.items() if k not in NAMED_KEYS and not _names_method_param(k)]
     if extra:
         name = "_".join([plan.config.experiment_name, *(f"{_slug(k)}-{_slug(_text(v))}" for k, v in extra)])
         plan.config = plan.config.replace(name=name)
@@ -165,7 +147,7 @@ def expand(sweep: Sweep) -> Expansion:
 
 def _check_same(sweep: Sweep, known: Planned, plan: launch.Plan, shown: dict) -> None:
     """Two combinations that give one experiment name must give one configuration."""
-    if _comparable(known.plan.config.to_dict()) != _comparable(plan.config.to_dict()):
+    if _comparable(known.plan.config) != _comparable(plan.config):
         raise SweepError(f"{sweep.source}: grid: {describe_values(known.values)} and {describe_values(shown)} give "
                          f"the same experiment name {plan.config.experiment_name!r} with different configurations")
 
@@ -182,9 +164,10 @@ def _check_every_value_used(sweep: Sweep, result: Expansion, accepted: set, reje
                              f"({why})")
 
 
-def _comparable(config: dict) -> dict:
-    """A config without the keys a task changes (the trainer saves the config with the task's run only)."""
-    return {k: v for k, v in config.items() if k != "runs"}
+def _comparable(config: ExperimentConfig) -> dict:
+    """A config's file form, dotted, without the keys a task changes (the trainer saves the config with
+    the task's run only)."""
+    return {k: v for k, v in flatten(config.to_dict()).items() if k != "execution.runs"}
 
 
 def check_existing(expansion: Expansion, force: bool) -> list[str]:
@@ -195,12 +178,13 @@ def check_existing(expansion: Expansion, force: bool) -> list[str]:
         if not path.is_file():
             continue
         try:
-            old = ExperimentConfig.load(path).to_dict()
+            old = _comparable(ExperimentConfig.load(path))
         except ConfigError as exc:
             old, why = None, f"its configuration cannot be read ({exc})"
         else:
-            new = p.plan.config.to_dict()
-            diff = [k for k in new if k != "runs" and old.get(k) != new[k]]
+            new = _comparable(p.plan.config)
+            diff = [k for k in new.keys() | old.keys() if old.get(k) != new.get(k)]
+            diff.sort()
             why = (f"it was prepared with {diff[0]} = {json.dumps(old.get(diff[0]))}, the sweep now gives "
                    f"{json.dumps(new[diff[0]])}") if diff else None
         if why is None:

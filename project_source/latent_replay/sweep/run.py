@@ -36,8 +36,8 @@ def _print_report(expansion: Expansion, tasks: Sequence[Task], statuses: Sequenc
          f"experiment(s) x run(s) {format_int_list(sweep.runs)} = {len(tasks)} task(s) in {display(sweep.out)}")
     if expansion.merged:
         echo(f"  {expansion.merged} combination(s) gave an experiment listed already: "
-             f"{', '.join(sorted(expansion.dropped))} left out where it does not apply (latent_layer and latent_dtype "
-             "apply to latent/generative replay, replay_memory to any replay, glr keys to generative replay, ar1_* to ar1)")
+             f"{', '.join(sorted(expansion.dropped))} left out where it does not apply (a replay's settings where it "
+             "does not read them or keeps no memory, a method's params for the other methods)")
     for combo, why in expansion.skipped:
         echo(f"  skipped (invalid) {describe_values(combo)}: {why}")
     for note in expansion.notes:

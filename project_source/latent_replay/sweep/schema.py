@@ -10,6 +10,8 @@ from typing import Optional
 
 from .. import launch
 from ..config import ConfigError, ExperimentConfig, set_key
+from ..config.sections import SCHEMA1_METHOD_KEYS
+from ..registry import METHODS
 from ..utils import has_control_characters, parse_int_list
 
 SWEEP_FORMAT = "latent-replay-sweep"
@@ -228,6 +230,11 @@ def _check_value(source: str, where: str, key: str, value) -> None:
         base = {"replay": "none"}
     elif top in ("glr", "glr_profile"):
         base = {"method": "naive", "replay": "generative"}
+    elif top in ("method_params", *SCHEMA1_METHOD_KEYS):   # with a method that declares it
+        sub = key.partition(".")[2].partition(".")[0]
+        declares = [e.name for e in METHODS if e.params is not None and sub in e.params.__dataclass_fields__]
+        base = {"method": SCHEMA1_METHOD_KEYS[top][0] if top in SCHEMA1_METHOD_KEYS else
+                (declares or ["naive"])[0], "replay": "none"}
     else:
         base = {"method": "naive", "replay": "latent"}
     data = dict(base)
