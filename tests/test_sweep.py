@@ -860,3 +860,23 @@ def test_a_requeued_task_is_pending_not_failed(tmp_path, fake_slurm):
     status = S.collect_status(d)
     assert (status[3].state, status[3].job, status[3].exit, status[3].detail) == ("pending", "100_3", None, "requeued")
     assert (status[6].state, status[6].exit) == ("failed", 143)
+
+
+def test_schema2_key_names_in_a_grid_are_the_flat_keys_they_stand_for(db, tmp_path):
+    """A grid may name settings by their section (schedule.epochs, method.params.xi): the same experiments
+    as the flat names; a replay's memory applies to replay 'none' only where the caffe profile keeps one (B1)."""
+    flat = S.expand(S.parse_sweep(base(db, tmp_path, grid={"method": ["ar1"], "epochs": [1, 2],
+                                                          "method_params.xi": [0.01]}), "s.json"))
+    named = S.expand(S.parse_sweep(base(db, tmp_path, grid={"method.name": ["ar1"], "schedule.epochs": [1, 2],
+                                                           "method.params.xi": [0.01]}), "s.json"))
+    assert [p.name for p in named.experiments] == [p.name for p in flat.experiments] == [
+        "ar1_nicv2_391_latent_conv5_4dw_m20_xi0.01_epochs-1", "ar1_nicv2_391_latent_conv5_4dw_m20_xi0.01_epochs-2"]
+    assert [p.plan.config for p in named.experiments] == [p.plan.config for p in flat.experiments]
+    with pytest.raises(S.SweepError, match=r"grid.schedule.epochs: expected float, got str 'x'"):
+        S.parse_sweep(base(db, tmp_path, grid={"schedule.epochs": ["x"]}), "s.json")
+    assert not S.applies("replay_memory", {"method": "naive", "replay": "none"})
+    assert S.applies("replay_memory", {"method": "naive", "replay": "none", "profile": "caffe"})
+    assert not S.applies("replay_memory", {"method": "naive", "replay": "none", "profile": "caffe",
+                                           "fidelity.replay_when_none": False})
+    assert not S.applies("replay_memory", {"method": "joint", "replay": "none", "profile": "caffe"})
+    assert S.applies("method_params.lam", {"method": "lwf"}) and not S.applies("method_params.lam", {"method": "ar1"})

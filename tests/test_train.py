@@ -834,3 +834,48 @@ def test_caffe_counts_tied_scores_as_misses(tiny, tmp_path):
         m = pd.read_csv(Path(c.out) / c.experiment_name / "run0" / "metrics.csv")
         first[c.fidelity.count_ties_as_miss] = m[m["kind"] == "iteration_1"]["train_accuracy"].item()
     assert first[True] == 0.0 and first[False] > 0.0
+
+
+def _as_schema1(config: dict) -> dict:
+    """A schema-2 config as schema 1 wrote it: flat, every key, AR1*'s constants as ar1_* keys."""
+    cfg = ExperimentConfig.from_dict(config)
+    flat = {**cfg.to_flat(), "schema_version": 1}
+    if cfg.method == "ar1":
+        flat.update({f"ar1_{k}": v for k, v in flat.pop("method_params").items()})
+    return flat
+
+
+def test_a_schema1_experiment_folder_resumes_and_aggregates(tiny, tmp_path):
+    """An experiment folder written before configs had sections: its config, a finished run's summary and
+    an interrupted run's checkpoint all record schema 1. The interrupted run resumes to the metrics of an
+    uninterrupted one, the finished one is neither trained again nor left out of summary.csv, and the
+    config is written in schema 2 only when written again (an execution key changed)."""
+    cfg = _cfg(tiny, tmp_path, method="ar1", runs=[0, 1], max_batches=3, epochs_first_batch=2,
+               method_params={"xi": 1e-6})
+    Trainer(cfg, progress=False).run_all()
+    done = pd.read_csv(tmp_path / "results" / cfg.experiment_name / "run1" / "metrics.csv")
+    old = cfg.replace(out=str(tmp_path / "old"))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(old.replace(runs=[0]), progress=False).run_all(stop_after=1)
+    Trainer(old.replace(runs=[1]), progress=False).run_all()
+    exp = tmp_path / "old" / cfg.experiment_name
+    path = exp / "exp_configuration.json"
+    path.write_text(json.dumps(_as_schema1(json.loads(path.read_text()))))
+    summary = json.loads((exp / "run1" / "summary.json").read_text())
+    (exp / "run1" / "summary.json").write_text(json.dumps({**summary, "config": _as_schema1(summary["config"])}))
+    state = torch.load(exp / "run0" / "checkpoint.pt", weights_only=False)
+    state["config"] = _as_schema1(state["config"])
+    torch.save(state, exp / "run0" / "checkpoint.pt")
+    assert "ar1_xi" in json.loads(path.read_text())
+    resumed = ExperimentConfig.load(path)
+    assert resumed == old and resumed.method_params["xi"] == 1e-6
+    Trainer(resumed, progress=False).run_all()
+    cols = ["batch", "test_accuracy", "train_loss", "memory_patterns"]
+    for run in (0, 1):
+        a = pd.read_csv(tmp_path / "results" / cfg.experiment_name / f"run{run}" / "metrics.csv")[cols]
+        pd.testing.assert_frame_equal(a, pd.read_csv(exp / f"run{run}" / "metrics.csv")[cols])
+    assert pd.read_csv(exp / "run1" / "metrics.csv")[cols].equals(done[cols])
+    assert (pd.read_csv(exp / "summary.csv")["runs"] == 2).all()
+    assert json.loads(path.read_text())["schema_version"] == 1   # read, not rewritten
+    Trainer(resumed.replace(checkpoint_every=2), progress=False)._record_config()
+    assert json.loads(path.read_text())["schema_version"] == 2   # written again (an execution key changed): schema 2

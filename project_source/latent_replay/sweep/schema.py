@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from .. import launch
-from ..config import ConfigError, ExperimentConfig, set_key
+from ..config import ConfigError, ExperimentConfig, flat_key, set_key
 from ..config.sections import SCHEMA1_METHOD_KEYS
 from ..registry import METHODS
 from ..utils import has_control_characters, parse_int_list
@@ -223,7 +223,8 @@ def _check_value(source: str, where: str, key: str, value) -> None:
 
     The other keys take values with which any valid value of this key is accepted, so that only
     combinations of values can fail later (and are then skipped and reported)."""
-    top = key.partition(".")[0]
+    key_flat = flat_key(key)
+    top = key_flat.partition(".")[0]
     if top in RESERVED:
         raise SweepError(f"{source}: {where}: {key!r} is set by {RESERVED[top]}")
     if top == "method":
@@ -231,19 +232,19 @@ def _check_value(source: str, where: str, key: str, value) -> None:
     elif top in ("glr", "glr_profile"):
         base = {"method": "naive", "replay": "generative"}
     elif top in ("method_params", *SCHEMA1_METHOD_KEYS):   # with a method that declares it
-        sub = key.partition(".")[2].partition(".")[0]
+        sub = key_flat.partition(".")[2].partition(".")[0]
         declares = [e.name for e in METHODS if e.params is not None and sub in e.params.__dataclass_fields__]
         base = {"method": SCHEMA1_METHOD_KEYS[top][0] if top in SCHEMA1_METHOD_KEYS else
                 (declares or ["naive"])[0], "replay": "none"}
     else:
         base = {"method": "naive", "replay": "latent"}
     data = dict(base)
-    set_key(data, key, value)
+    set_key(data, key_flat, value)
     try:
         ExperimentConfig.from_dict(data, "config")
     except ConfigError as exc:
         msg = str(exc).removeprefix("config: ")
-        msg = msg.removeprefix(f"{key}: ")
+        msg = msg.removeprefix(f"{key_flat}: ")
         raise SweepError(f"{source}: {where}: {msg}") from None
 
 
@@ -274,7 +275,7 @@ def _parse_grid(source: str, where: str, grid: dict) -> dict:
             if marker not in seen:
                 seen.add(marker)
                 unique.append(value)
-        norm[key] = unique
+        norm[flat_key(key)] = unique    # schema-2 names (schedule.epochs) as the flat keys they stand for
     return norm
 
 
@@ -291,11 +292,11 @@ def _parse_grids_and_fixed(source: str, data: dict) -> tuple[list, dict]:
                   for i, grid in enumerate(grids)]
     norm_fixed: dict = {}
     for key, value in fixed.items():
-        if any(key in g for g in norm_grids):
+        if any(flat_key(key) in g for g in norm_grids):
             raise SweepError(f"{source}: fixed.{key}: also in grid (a key is either fixed or varied)")
         value = _normalise_value(key, value)
         _check_value(source, f"fixed.{key}", key, value)
-        norm_fixed[key] = value
+        norm_fixed[flat_key(key)] = value
     return norm_grids, norm_fixed
 
 
