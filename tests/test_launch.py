@@ -626,8 +626,8 @@ def test_local_launcher_end_to_end(tmp_path):
 def test_local_script_uses_a_python_with_torch(db, tmp_path, capsys, monkeypatch):
     """prepare_experiment.py started by a Python without PyTorch (its ``#!/usr/bin/env python3``): the
     local run script uses the checkout's .venv; with no .venv either, prepare warns (and still writes)."""
-    real_find_spec = launch.importlib.util.find_spec
-    monkeypatch.setattr(launch.importlib.util, "find_spec",
+    real_find_spec = launch.script.importlib.util.find_spec
+    monkeypatch.setattr(launch.script.importlib.util, "find_spec",
                         lambda name, *a: None if name == "torch" else real_find_spec(name, *a))
     checkout = tmp_path / "checkout"
     venv_bin = checkout / ".venv" / "bin"
@@ -636,7 +636,7 @@ def test_local_script_uses_a_python_with_torch(db, tmp_path, capsys, monkeypatch
     torch_init = checkout / ".venv" / "lib" / "python3.11" / "site-packages" / "torch" / "__init__.py"
     torch_init.parent.mkdir(parents=True)
     torch_init.write_text("")
-    monkeypatch.setattr(launch, "repo_root", lambda: checkout)
+    monkeypatch.setattr(launch.script, "repo_root", lambda: checkout)
     code, out, err = run(["AR1F", "391", "latent", db, "--launcher", "local", "--out", tmp_path / "a"], capsys)
     assert code == 0 and err == ""
     script = next((tmp_path / "a").rglob(RUN_SCRIPT)).read_text()

@@ -269,20 +269,20 @@ def test_example_sweep_file_and_filelists_checked_once(db, tmp_path, monkeypatch
     del data["weights"]
     data.update(db_path=str(db), out=str(tmp_path / "out"), runs="0-1")
     checks = []
-    real = launch._check_filelists
+    real = launch.checks._check_filelists
 
     def counting(*args):
         checks.append(args[1:3])
         return real(*args)
 
-    monkeypatch.setattr(launch, "_check_filelists", counting)
+    monkeypatch.setattr(launch.checks, "_check_filelists", counting)
     ex = S.expand(S.parse_sweep(data, "example"))
     assert len(ex.experiments) == 13 and not ex.skipped and ex.merged == 0
     assert [p.name for p in ex.experiments][-3:] == ["ar1free_nicv2_391_native_m1500", "cwr_nicv2_391_none",
                                                      "cwr_nicv2_391_latent_pool6_m1500"]
     assert all(p.plan.config.preprocessing == "imagenet" for p in ex.experiments)
     assert checks == [(391, [0, 1])]            # once for 13 experiments
-    assert launch._check_filelists is counting  # and the launcher is left as it was
+    assert launch.checks._check_filelists is counting  # and the launcher is left as it was
 
 
 @pytest.mark.parametrize("change, expected", [
