@@ -119,12 +119,13 @@ def child_first(args, work: Path) -> dict:
     """Train batch 0 once; save the network and the method state for the cases."""
     import torch
 
+    from latent_replay.streams.core50 import NICv2Stream
     from latent_replay.train import RunTrainer
     from synthetic_stream import load_stream
 
     store, scenario = load_stream(args.stream, batches=1)
     cfg = _base_config(args, work)
-    rt = RunTrainer(cfg, 0, scenario, store, torch.device("cpu"), work, progress=False)
+    rt = RunTrainer(cfg, 0, NICv2Stream(scenario, store), torch.device("cpu"), work, progress=False)
     row = rt.train_batch(0)
     torch.save({"model": rt.model.state_dict(), "method": rt.method.state_dict(), "seen": sorted(rt.seen)},
                work / "batch0.pt")
@@ -140,6 +141,7 @@ def child_case(args, work: Path, name: str) -> dict:
     import numpy as np
     import torch
 
+    from latent_replay.streams.core50 import NICv2Stream
     from latent_replay.train import RunTrainer, plan_batch
     from synthetic_stream import load_stream
 
@@ -147,7 +149,7 @@ def child_case(args, work: Path, name: str) -> dict:
     store, scenario = load_stream(args.stream, batches=2)
     cfg = _base_config(args, work).replace(**overrides)
     dev = torch.device("cpu")
-    rt = RunTrainer(cfg, 0, scenario, store, dev, work, progress=False)
+    rt = RunTrainer(cfg, 0, NICv2Stream(scenario, store), dev, work, progress=False)
     state = torch.load(work / "batch0.pt", map_location=dev)
     rt.model.load_state_dict(state["model"])
     rt.method.load_state_dict(state["method"])

@@ -86,6 +86,7 @@ def worker_ours(args) -> dict:
     import torch
 
     from latent_replay.config import ExperimentConfig
+    from latent_replay.streams.core50 import NICv2Stream
     from latent_replay.train import RunTrainer, plan_batch
     from synthetic_stream import load_stream
 
@@ -100,7 +101,7 @@ def worker_ours(args) -> dict:
         preprocessing="imagenet", device="cpu", seed=args.seed, dataset_root=args.work, filelists=args.work,
         out=str(out_dir))
     cfg = ExperimentConfig(**{**settings, **getattr(args, "overrides", {})})   # memory_phases.py --set
-    rt = RunTrainer(cfg, 0, scenario, store, torch.device("cpu"), out_dir, progress=False)
+    rt = RunTrainer(cfg, 0, NICv2Stream(scenario, store), torch.device("cpu"), out_dir, progress=False)
     train_batch, peaks = rt.train_batch, {}
 
     def measured_batch(b):          # the peak RSS of batch 0 (whole network), then of the rest

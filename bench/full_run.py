@@ -72,6 +72,7 @@ def main(argv=None) -> dict:
     import torch
 
     from latent_replay.config import ExperimentConfig
+    from latent_replay.streams.core50 import NICv2Stream
     from latent_replay.train import CHECKPOINT, RunTrainer, resolve_device
     from synthetic_stream import StreamSpec, load_stream, materialise
 
@@ -97,7 +98,7 @@ def main(argv=None) -> dict:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t1 = time.perf_counter()
-        summary = RunTrainer(cfg, 0, scenario, store, device, out_dir, progress=True).train()
+        summary = RunTrainer(cfg, 0, NICv2Stream(scenario, store), device, out_dir, progress=True).train()
         wall = time.perf_counter() - t1
         rows = summary_rows(out_dir)
     train = [r["train_seconds"] for r in rows]

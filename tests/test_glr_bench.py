@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from latent_replay.cli import main
 from latent_replay.data.core50 import DatasetError
+from latent_replay.streams.digits import PermutedDigits, RotatedDigits
 from latent_replay.data.digits import (IMAGES_MAGIC, MNIST_FILES, DigitData, experience_permutation, load_digits_data,
                                        load_mnist, make_stream, permute_images, read_idx, rotate_images, write_idx)
 from latent_replay.glr_bench import (BenchSettings, _Run, RunResult, RunSpec, batch_split, limit_threads, plan_runs,
@@ -256,7 +257,7 @@ def test_plans():
 # ------------------------------------------------------------------------------------------ (d) learning
 def test_glr_and_latent_replay_beat_naive_on_permuted_digits(digits):
     settings = BenchSettings(stream="permuted", seed=0)
-    stream = make_stream(digits, "permuted", n_experiences=5, seed=0)
+    stream = PermutedDigits(digits, n_experiences=5, seed=0)
     m = settings.memory_slots(len(digits.train_labels))
     assert m == 135
     with limit_threads(1):
@@ -276,7 +277,7 @@ def test_glr_and_latent_replay_beat_naive_on_permuted_digits(digits):
 
 def test_runs_are_reproducible(digits):
     settings = BenchSettings(stream="rotated", epochs=1, experiences=2)
-    stream = make_stream(digits, "rotated", n_experiences=2)
+    stream = RotatedDigits(digits, n_experiences=2)
     with limit_threads(1):
         a = run_one(RunSpec("glr-otf", 2, 50), settings, stream)
         b = run_one(RunSpec("glr-otf", 2, 50), settings, stream)
@@ -318,8 +319,8 @@ def test_seeded_streams_are_independent_of_each_other_and_of_the_permutations():
         assert head(seeded_rng(seed, "generative-fit", 3)) == head(seeded_rng(seed, "generative-fit", 3))
     # the objects use those streams
     settings = BenchSettings(stream="permuted", seed=4, experiences=2)
-    run = _Run(RunSpec("glr", 1, 20), settings, make_stream(load_digits_data(0), "permuted", n_experiences=2,
-                                                               seed=4), torch.device("cpu"))
+    run = _Run(RunSpec("glr", 1, 20), settings, PermutedDigits(load_digits_data(0), n_experiences=2, seed=4),
+               torch.device("cpu"))
     assert head(run.slot_rng) == head(seeded_rng(4, "glr-bench-memory-slots"))
     g = GenerativeReplay(20, sampling="on_the_fly", seed=4)
     assert head(g._draw_rng) == head(seeded_rng(4, "generative-draws"))

@@ -128,7 +128,7 @@ def _cfg(tiny, tmp_path, **kw):
 def test_latent_path_equals_full_network(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=2)
     trainer = Trainer(cfg, progress=False)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, tmp_path, progress=False)
     rt.train_batch(0)
     rt.batches_done = 1
     rt.train_batch(1)
@@ -256,7 +256,7 @@ def test_learning_latent_replay_beats_naive_and_joint_beats_both(tiny, tmp_path)
 def test_ar1_star_tracks_only_moving_weights_and_damps_them(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path, method="ar1", epochs_first_batch=3, max_batches=3)
     trainer = Trainer(cfg, progress=False)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, tmp_path, progress=False)
     for b in range(3):
         rt.train_batch(b)
         rt.batches_done = b + 1
@@ -299,7 +299,7 @@ def test_test_latents_in_a_file(tiny, tmp_path):
     trainer = Trainer(in_file, progress=False)
     folder = trainer.frames.cache_file.parent
     before = sorted(folder.iterdir())
-    rt = RunTrainer(in_file, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), tmp_path / "run",
+    rt = RunTrainer(in_file, 0, trainer.stream(0), torch.device("cpu"), tmp_path / "run",
                     progress=False)
     rt.train_batch(0)
     rt.batches_done = 1
@@ -334,7 +334,7 @@ def test_test_latents_file_falls_back(tiny, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(train_module, "RowFile", PickyRowFile)
 
     def cached_after_batch_1(run_dir):
-        rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), run_dir,
+        rt = RunTrainer(cfg, 0, trainer.stream(0), torch.device("cpu"), run_dir,
                         progress=False)
         rt.train_batch(0)
         rt.batches_done = 1
@@ -369,7 +369,7 @@ def test_test_latents_file_at_resume_and_end(tiny, tmp_path, monkeypatch):
 
     cfg = _cfg(tiny, tmp_path, epochs_first_batch=2, max_batches=2)
     trainer = Trainer(cfg, progress=False)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), tmp_path / "r",
+    rt = RunTrainer(cfg, 0, trainer.stream(0), torch.device("cpu"), tmp_path / "r",
                     progress=False)
     rt.train_batch(0)
     rt.batches_done = 1
@@ -386,7 +386,7 @@ def test_test_latents_file_at_resume_and_end(tiny, tmp_path, monkeypatch):
             made.append(self)
 
     monkeypatch.setattr(train_module, "RowFile", Recorded)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), tmp_path / "t",
+    rt = RunTrainer(cfg, 0, trainer.stream(0), torch.device("cpu"), tmp_path / "t",
                     progress=False)
     rt.train()
     assert len(made) == 1 and made[0]._file.closed and rt.test_cache is None
@@ -408,8 +408,8 @@ def test_speed_switches_keep_the_metrics(tiny, tmp_path):
     pd.testing.assert_frame_equal(a[exact], b[exact])
     # inference_chunk None (the default) is chosen per device: 16 frames per forward on the CPU
     trainer = Trainer(fast.replace(inference_chunk=None), progress=False)
-    rt = RunTrainer(trainer.cfg, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"), tmp_path)
-    assert rt.chunk == 16 and RunTrainer(fast, 0, trainer.scenarios[0], trainer.frames, torch.device("cpu"),
+    rt = RunTrainer(trainer.cfg, 0, trainer.stream(0), torch.device("cpu"), tmp_path)
+    assert rt.chunk == 16 and RunTrainer(fast, 0, trainer.stream(0), torch.device("cpu"),
                                          tmp_path).chunk == 7
     # the lower part once per batch vs once per minibatch: the same eval-mode function, other batch sizes
     assert np.allclose(a["train_loss"], b["train_loss"], rtol=1e-3)
@@ -473,7 +473,7 @@ def test_caffe_batch0_latent_pass_updates_every_brn_layer(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path, profile="caffe", epochs_first_batch=2, max_batches=1,
                fidelity={"first_batch_brn_start": "pretrained"})
     trainer = Trainer(cfg, progress=False)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, tmp_path, progress=False)
     rt.train_batch(0)
     lam = cfg.brn_first_batch.moving_fraction
     n = int(round(math.log(1 - (1 - lam) * float(rt.model.conv1.brn.S)) / math.log(lam)))
@@ -490,7 +490,7 @@ def test_cwr_backbone_runs_training_mode_brn_unless_below_latent_replay(tiny, tm
     in eval mode (B12). The backbone's weights never move."""
     cfg = _cfg(tiny, tmp_path, method="cwr", replay=replay, latent_layer="pool6", epochs_first_batch=2, max_batches=2)
     trainer = Trainer(cfg, progress=False)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, tmp_path, progress=False)
     rt.train_batch(0)
     rt.batches_done = 1
     before = {k: v.clone() for k, v in rt.model.state_dict().items()}
@@ -527,7 +527,7 @@ def test_preprocessing_follows_the_weights_unless_forced(tiny, tmp_path, caplog)
         with caplog.at_level(logging.INFO, logger="latent_replay.train"):
             trainer = Trainer(cfg, progress=False)
         assert ("expect imagenet preprocessing but the config uses caffe" in caplog.text) is warned
-        rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+        rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, tmp_path, progress=False)
         assert rt.preprocessing == expected
         frames = rt.test_frames[:2]
         assert torch.equal(rt._pre(frames), preprocess(frames, expected, channels_last=cfg.channels_last))
@@ -539,7 +539,7 @@ def test_cwr_counts_with_and_without_the_memory_labels(tiny, tmp_path, count_mem
     cfg = _cfg(tiny, tmp_path, method="cwr", replay="native", epochs_first_batch=1, max_batches=2,
                fidelity={"cwr_count_memory": count_memory, "cwr_mean_shift": "per_feature"})
     trainer = Trainer(cfg, progress=False)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, tmp_path, progress=False)
     rt.train_batch(0)
     after0 = rt.method.head.counts.clone()
     memory_labels = rt.memory.labels.clone()
@@ -696,13 +696,13 @@ def test_epoch0_latents_are_stored_with_their_own_labels(tiny, tmp_path, pad):
     cfg = _cfg(tiny, tmp_path, latent_layer="data", epochs_first_batch=1, epochs=1, max_batches=2,
                fidelity={"stored_latents": "train_epoch0", "pad_training_like_caffe": pad})
     trainer = Trainer(cfg, progress=False)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, tmp_path, progress=False)
     for b in range(2):
         rt.train_batch(b)
         rt.batches_done = b + 1
-        paths = [p for fl in rt.scenario.batches[: b + 1] for p in fl.paths]
-        labels = np.concatenate([fl.labels for fl in rt.scenario.batches[: b + 1]])
-        frames = rt._pre(torch.from_numpy(rt.frames.get(paths))).flatten(1)
+        ids = [i for e in rt.stream.batches[: b + 1] for i in e.ids]
+        labels = np.concatenate([e.labels for e in rt.stream.batches[: b + 1]])
+        frames = rt._pre(torch.from_numpy(rt.stream.inputs(ids))).flatten(1)
         stored, stored_labels = rt.memory.get(np.arange(len(rt.memory)))
         assert len(rt.memory) > 0
         for row, label in zip(stored.flatten(1), stored_labels.tolist()):
@@ -736,7 +736,7 @@ def test_batch0_is_evaluated_before_the_memory_pass_and_timed_once(tiny, tmp_pat
     cfg = _cfg(tiny, tmp_path, profile="caffe", epochs_first_batch=2, max_batches=1,
                fidelity={"first_batch_brn_start": "pretrained"})
     trainer = Trainer(cfg, progress=False)
-    rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, tmp_path, progress=False)
+    rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, tmp_path, progress=False)
     calls = []
     real_update = rt._update_memory
 
@@ -800,7 +800,7 @@ def test_test_frames_resident_as_on_a_gpu_give_the_same_metrics_and_are_dropped_
     for resident in (False, True):
         d = tmp_path / f"resident-{resident}"
         d.mkdir()
-        rt = RunTrainer(cfg, 0, trainer.scenarios[0], trainer.frames, trainer.device, d, False)
+        rt = RunTrainer(cfg, 0, trainer.stream(0), trainer.device, d, False)
         if resident:
             rt._test_frames = rt._read_test_frames()       # what the constructor does on a GPU
         rt.train()

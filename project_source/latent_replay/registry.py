@@ -1,4 +1,4 @@
-"""Registries: the one list of names of each kind (methods, replays), in the style of timm's model registry.
+"""Registries: the one list of names of each kind (methods, replays, streams), in the style of timm's model registry.
 
 Each entry carries what the rest of the suite needs to know of a name: the class (or builder) that
 implements it, the original launcher's aliases (``CWR``, ``AR1S``, ``AR1F``; ``no``, ``pure``), a title
@@ -129,3 +129,5 @@ class Registry:
 METHODS = Registry("method", "latent_replay.methods")
 #: Replay memories (``latent_replay/replay/``).
 REPLAYS = Registry("replay", "latent_replay.replay")
+#: Streams: what is trained and tested on (``latent_replay/streams/``).
+STREAMS = Registry("stream", "latent_replay.streams")

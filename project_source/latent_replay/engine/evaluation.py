@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,9 +73,9 @@ class TestEvaluation:
         first = next(chunks, None)
         if first is None:
             return None
-        cache = self.frames.cache_file
+        scratch = getattr(self.stream, "scratch_folder", None)
         rows = None
-        for folder in ([Path(cache).parent] if cache is not None else []) + [self.dir]:
+        for folder in ([scratch] if scratch is not None else []) + [self.dir]:
             try:
                 rows = RowFile(len(frames), first[1], folder)
                 break
@@ -101,4 +100,4 @@ class TestEvaluation:
     def _latent_bytes(self, layer: str) -> int:
         from ..models import latent_shape
 
-        return 4 * int(np.prod(latent_shape(layer, int(self.frames.images.shape[1]))))
+        return 4 * int(np.prod(latent_shape(layer, int(self.stream.input_shape[0]))))

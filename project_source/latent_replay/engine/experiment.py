@@ -12,6 +12,7 @@ from ..data.nicv2 import load_scenario
 from ..models import MobileNetV1
 from ..models.weights import load_weights
 from ..results import CONFIG_FILE, aggregate_runs, read_summary, run_dir, run_dirs, stale_runs
+from ..streams.core50 import NICv2Stream
 from .run import CHECKPOINT, RunTrainer, batches_to_train, resolve_device, resolve_preprocessing
 
 log = logging.getLogger("latent_replay.train")
@@ -57,6 +58,10 @@ class Trainer:
         paths = {p for sc in self.scenarios.values() for fl in (*sc.batches, sc.test) for p in fl.paths}
         self.frames = load_frames(self.root.images_dir, paths, cache_dir=cfg.cache_dir, progress=progress)
         self.experiment_dir = Path(cfg.out) / cfg.experiment_name
+
+    def stream(self, run: int) -> NICv2Stream:
+        """Run ``run``'s stream: its scenario over the experiment's frame store."""
+        return NICv2Stream(self.scenarios[run], self.frames)
 
     def _check_weights(self) -> None:
         """Check the weights file and resolve the preprocessing the runs will use (``self.preprocessing``)."""
@@ -152,7 +157,7 @@ class Trainer:
             if force and d.exists():
                 shutil.rmtree(d)
             if (d / "summary.json").is_file():
-                done, wanted = _summary_batches(d), batches_to_train(self.cfg, self.scenarios[r])
+                done, wanted = _summary_batches(d), batches_to_train(self.cfg, self.stream(r))
                 if done >= wanted:
                     log.info("run %d already finished in %s (use --force to train it again)", r, d)
                     continue
@@ -160,7 +165,7 @@ class Trainer:
                 log.info("run %d stopped after %d batch(es); continuing to %d", r, done, wanted)
                 (d / "summary.json").unlink()
             d.mkdir(parents=True, exist_ok=True)
-            rt = RunTrainer(self.cfg, r, self.scenarios[r], self.frames, self.device, d, self.progress, stop_after)
+            rt = RunTrainer(self.cfg, r, self.stream(r), self.device, d, self.progress, stop_after)
             summary = rt.train()
             del rt   # the next run's trainer must not meet this one's model, memory and test frames on the device
             summaries.append(summary)

@@ -29,14 +29,14 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, ConfigError, ExperimentConfig
-from ..data.core50 import FrameStore, preprocess
-from ..data.nicv2 import Scenario
+from ..data.core50 import preprocess
 from ..methods import DECAY_MULTS, make_method
 from ..models import BRNConfig, MobileNetV1, param_names_by_kind, recompute_bn_relu, split
 from ..models.weights import load_weights
 from ..replay import make_replay
 from ..results import write_json, write_metrics
 from ..rowfile import RowFile
+from ..streams import Stream
 from ..utils import configure_cuda, release_free_memory
 from .evaluation import TestEvaluation
 from .memory_update import MemoryUpdates
@@ -60,7 +60,7 @@ class _Batch:
 
     index: int
     phase: int
-    paths: list
+    ids: list
     new_frames: torch.Tensor
     new_labels: torch.Tensor
     sched: Schedule
@@ -98,9 +98,9 @@ def resolve_preprocessing(preprocessing: str, weights_info: dict) -> str:
 class RunTrainer(TestEvaluation, MemoryUpdates):
     """Trains one run of one experiment; see the module docstring."""
 
-    def __init__(self, cfg: ExperimentConfig, run: int, scenario: Scenario, frames: FrameStore,
-                 device: torch.device, out_dir: Path, progress: bool = True, stop_after: int | None = None):
-        self.cfg, self.run, self.scenario, self.frames = cfg, run, scenario, frames
+    def __init__(self, cfg: ExperimentConfig, run: int, stream: Stream, device: torch.device, out_dir: Path,
+                 progress: bool = True, stop_after: int | None = None):
+        self.cfg, self.run, self.stream = cfg, run, stream
         self.device, self.dir, self.progress, self.stop_after = device, out_dir, progress, stop_after
         self.chunk = cfg.inference_chunk or (INFERENCE_CHUNK_CPU if device.type == "cpu" else INFERENCE_CHUNK_GPU)
         prepare_device(device, cfg)
@@ -108,7 +108,7 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
         self.fid = fid
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed * 1000 + run)   # the initial weights depend on (seed, run) only
-            self.model = MobileNetV1(fc_bias=fid.classifier_bias).to(device)
+            self.model = MobileNetV1(num_classes=stream.n_classes, fc_bias=fid.classifier_bias).to(device)
         self.weights_info = load_weights(self.model, cfg.weights)
         self.preprocessing = resolve_preprocessing(cfg.preprocessing, self.weights_info)
         if fid.first_batch_brn_start == "zero" or self.weights_info["source"] == "random":
@@ -136,18 +136,18 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
         self.test_cache: torch.Tensor | RowFile | None = None
         self._loss_sum = self._correct = self._rows_seen = self._iters = 0.0
         self._cache_seconds = 0.0   # the test-latent pass done before a batch's training, reported as eval
-        test_idx = np.arange(len(scenario.test))
+        test_idx = np.arange(len(stream.test))
         if fid.padded_test_set:
-            test_idx = pad_indices(len(scenario.test), cfg.test_minibatch)
-        self.test_paths = [scenario.test.paths[i] for i in test_idx]
+            test_idx = pad_indices(len(stream.test), cfg.test_minibatch)
+        self.test_ids = [stream.test.ids[i] for i in test_idx]
         # on a GPU the test frames stay on the device; on the CPU they are read from the frame store
         # when an evaluation needs them (once the test latents are cached, no longer at all)
         self._test_frames = None if device.type == "cpu" else self._read_test_frames()
-        self.test_labels = torch.from_numpy(scenario.test.labels[test_idx]).to(device)
+        self.test_labels = torch.from_numpy(stream.test.labels[test_idx]).to(device)
 
     # ---------------------------------------------------------------- helpers
     def _read_test_frames(self) -> torch.Tensor:
-        return torch.from_numpy(self.frames.get(self.test_paths)).to(self.device)
+        return torch.from_numpy(self.stream.inputs(self.test_ids)).to(self.device)
 
     @property
     def test_frames(self) -> torch.Tensor:
@@ -255,13 +255,10 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
             torch.cuda.synchronize(self.device)
 
     # ---------------------------------------------------------------- one batch
-    def _batch_patterns(self, b: int) -> tuple[list[str], np.ndarray]:
-        if self.cumulative:
-            paths = [p for fl in self.scenario.batches[: b + 1] for p in fl.paths]
-            labels = np.concatenate([fl.labels for fl in self.scenario.batches[: b + 1]])
-            return paths, labels
-        fl = self.scenario.batches[b]
-        return list(fl.paths), fl.labels
+    def _batch_patterns(self, b: int) -> tuple[list, np.ndarray]:
+        """The ids and labels of batch ``b`` (of every batch up to it for a cumulative method)."""
+        batches = self.stream.batches[: b + 1] if self.cumulative else [self.stream.batches[b]]
+        return [i for e in batches for i in e.ids], np.concatenate([e.labels for e in batches])
 
     def train_batch(self, b: int) -> dict:
         t_start = time.perf_counter()
@@ -272,14 +269,14 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
             self._optimise(mb)
             if b == 0 and self.global_iter == 1 and self.fid.eval_at_iteration_1:
                 self._sync()
-                self._log_eval(0, "iteration_1", time.perf_counter() - t_start, len(exp.paths))
+                self._log_eval(0, "iteration_1", time.perf_counter() - t_start, len(exp.ids))
                 self._set_modes(b)
                 t_start = time.perf_counter()   # the batch row counts the training after that row's
         self.method.after_training(b)
         self._sync()
         # evaluate at the end of training, as the original does (spec §5.4), then fill the memory: its
         # batch-0 pass under stored_latents=train_epoch0 moves every BRN layer's statistics (B11)
-        row = self._log_eval(b, "batch", time.perf_counter() - t_start, len(exp.paths))
+        row = self._log_eval(b, "batch", time.perf_counter() - t_start, len(exp.ids))
         if self.memory is not None and not self.cumulative:
             t_memory = time.perf_counter()
             self._update_memory(b, exp.sched, exp.new_frames, exp.new_labels, exp.feats, exp.epoch0)
@@ -299,12 +296,12 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
             self._enter_incremental()
         if phase <= 1 or not fid.momentum_persists:
             self._build_optimizer(phase)
-        paths, labels_np = self._batch_patterns(b)
-        new_frames = torch.from_numpy(self.frames.get(paths)).to(self.device)
+        ids, labels_np = self._batch_patterns(b)
+        new_frames = torch.from_numpy(self.stream.inputs(ids)).to(self.device)
         new_labels = torch.from_numpy(labels_np).to(self.device)
         self.seen.update(int(c) for c in np.unique(labels_np))
         mixing = self.memory is not None and b > 0 and len(self.memory) > 0
-        sched = plan_batch(len(paths), len(self.memory) if mixing else 0, minibatch=cfg.minibatch,
+        sched = plan_batch(len(ids), len(self.memory) if mixing else 0, minibatch=cfg.minibatch,
                            epochs=cfg.epochs_first_batch if b == 0 else cfg.epochs,
                            pad=fid.pad_training_like_caffe, count_memory=cfg.uses_replay, perm=self._perm)
         trained_labels = torch.cat([new_labels, self.memory.labels]) if mixing else new_labels
@@ -326,7 +323,7 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
         # the minibatch rows as device tensors, uploaded once: on a GPU a copy per iteration waits for it
         on_device = dataclasses.replace(sched, new_order=torch.as_tensor(sched.new_order, device=self.device),
                                         mem_order=torch.as_tensor(sched.mem_order, device=self.device))
-        return _Batch(b, phase, paths, new_frames, new_labels, sched, on_device, mixing, incremental_split, native,
+        return _Batch(b, phase, ids, new_frames, new_labels, sched, on_device, mixing, incremental_split, native,
                       feats, {} if capture else None)
 
     def _minibatch(self, exp: "_Batch", it: int) -> "Minibatch":
@@ -472,7 +469,7 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
 
     # ---------------------------------------------------------------- the run
     def train(self) -> dict:
-        n = batches_to_train(self.cfg, self.scenario)
+        n = batches_to_train(self.cfg, self.stream)
         ckpt = self.dir / CHECKPOINT
         if ckpt.exists() or ckpt.is_symlink():
             self.load_checkpoint(ckpt)
@@ -499,7 +496,7 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
         accs = [r["test_accuracy"] for r in self.rows if r["kind"] == "batch"]
         summary = {
             "experiment": self.cfg.experiment_name, "run": self.run, "finished": True, "batches": n,
-            "scenario_batches": len(self.scenario),
+            "scenario_batches": len(self.stream.batches),
             "final_accuracy": accs[-1], "average_accuracy": float(np.mean(accs)),
             "train_seconds": float(sum(r["train_seconds"] for r in self.rows)),
             "eval_seconds": float(sum(r["eval_seconds"] for r in self.rows)),
@@ -513,7 +510,7 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
         return summary
 
 
-def batches_to_train(cfg: ExperimentConfig, scenario: Scenario) -> int:
-    """The batches a run of ``scenario`` trains: all of them, or the first ``max_batches``."""
-    n = len(scenario)
+def batches_to_train(cfg: ExperimentConfig, stream: Stream) -> int:
+    """The batches a run of ``stream`` trains: all of them, or the first ``max_batches``."""
+    n = len(stream.batches)
     return n if cfg.max_batches is None else min(cfg.max_batches, n)
