@@ -86,6 +86,7 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
     ({"replay": {"name": "latent", "params": {"dtype": "int4"}}}, "replay.params.dtype: 'int4' is not one of"),
     ({"fidelity": {"switches": {"lower_drift": 1}}}, "fidelity.switches.lower_drift: expected bool"),
     ({"stream": {"name": "mnist"}}, "stream.name: 'mnist' is not one of core50_nicv2"),
+    ({"stream": {"name": "rotated"}}, "stream.name: 'rotated' is not one of core50_nicv2 (glr-bench trains it"),
     ({"schema_version": 2, "streams": {}}, "streams: unknown section"),
     ({"execution": {"gpu": 1}}, "execution.gpu: unknown key"),
     ({"weight_decay": -5}, "weight_decay: must be >= 0, got -5.0"),

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..registry import METHODS, REPLAYS
+from ..registry import METHODS, REPLAYS, STREAMS
 from .checks import ConfigError
 from .settings import PROFILE_SWITCHES
 
 SCHEMA_VERSION = 2
-#: The only stream of the suite's main pipeline so far: CORe50's NICv2 protocol.
+#: The stream of the main pipeline (the registered streams whose ``engine`` is true: CORe50 NICv2 so far).
 STREAM = "core50_nicv2"
 #: Keys written as they are, per section (method, replay and fidelity have their own form).
 SECTION_KEYS: dict[str, tuple[str, ...]] = {
@@ -138,8 +138,11 @@ def from_sections(data: dict) -> dict:
             raise ConfigError(f"{key}: unknown section (sections: {', '.join(SECTIONS)})")
     flat: dict[str, Any] = {}
     stream = dict(_section(data, "stream", ("name", *SECTION_KEYS["stream"])))
-    if stream.pop("name", STREAM) != STREAM:
-        raise ConfigError(f"stream.name: {data['stream']['name']!r} is not one of {STREAM}")
+    name = stream.pop("name", STREAM)
+    engine = [e.name for e in STREAMS if e.obj.engine]
+    if STREAMS.canonical(name) not in engine:
+        why = " (glr-bench trains it, not the main pipeline)" if name in STREAMS else ""
+        raise ConfigError(f"stream.name: {name!r} is not one of {', '.join(engine)}{why}")
     flat.update(stream)
     for section in ("model", "schedule", "execution", "paths"):
         flat.update(_section(data, section, SECTION_KEYS[section]))

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from ..data.filelists import SCENARIOS
 from .checks import ConfigError
 
-SCENARIOS = (79, 196, 391)
 LATENT_DTYPES = ("float32", "float16", "uint8")
 PROFILES = ("fixed", "caffe")
 DEVICES = ("auto", "cpu", "cuda")

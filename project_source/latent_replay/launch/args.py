@@ -8,6 +8,7 @@ from typing import Iterable, Optional, Sequence
 
 from .. import __version__
 from ..config import PROFILES, ExperimentConfig, flat_key, set_key
+from ..config import SCENARIOS as CONFIG_SCENARIOS
 from ..config.sections import SCHEMA1_METHOD_KEYS
 from ..data.classes import IMAGES_DIR, LABELS_FILE
 from ..registry import METHODS as REGISTRY_METHODS
@@ -16,7 +17,7 @@ from ..utils import parse_int_list
 
 PROG = "prepare_experiment.py"
 
-SCENARIOS = ("79", "196", "391")
+SCENARIOS = tuple(map(str, CONFIG_SCENARIOS))   # as the command line spells them
 #: Accepted ``--nvidia_docker`` spellings and the flavour they stand for (original item 7).
 NVIDIA_DOCKER = {"old": "old", "nvidia-docker2": "old", "new": "new", "nvidia-container-toolkit": "new"}
 LAUNCHERS = ("docker", "local")
