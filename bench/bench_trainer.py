@@ -52,7 +52,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -138,7 +137,6 @@ def child_first(args, work: Path) -> dict:
 
 def child_case(args, work: Path, name: str) -> dict:
     """One case: a RunTrainer in the state after batch 0, then train_batch(1) and evaluations."""
-    import numpy as np
     import torch
 
     from latent_replay.streams.core50 import NICv2Stream

@@ -15,6 +15,7 @@ import torch
 from latent_replay.config import ConfigError, ExperimentConfig
 from latent_replay.data.nicv2 import inventory_from_root, write_nicv2
 from latent_replay.data.synthetic import write_synthetic_core50
+from latent_replay.figures.experiments import load_experiments
 from latent_replay.rowfile import RowFile
 from latent_replay.train import RunTrainer, Trainer, hits, pad_indices, pad_random, plan_batch
 
@@ -877,5 +878,7 @@ def test_a_schema1_experiment_folder_resumes_and_aggregates(tiny, tmp_path):
     assert pd.read_csv(exp / "run1" / "metrics.csv")[cols].equals(done[cols])
     assert (pd.read_csv(exp / "summary.csv")["runs"] == 2).all()
     assert json.loads(path.read_text())["schema_version"] == 1   # read, not rewritten
+    (plotted,) = load_experiments([tmp_path / "old"])             # and the figures draw both runs
+    assert plotted.finished and [r.number for r in plotted.runs] == [0, 1] and not plotted.left_out
     Trainer(resumed.replace(checkpoint_every=2), progress=False)._record_config()
     assert json.loads(path.read_text())["schema_version"] == 2   # written again (an execution key changed): schema 2

@@ -7,7 +7,8 @@ trains on (:mod:`~latent_replay.engine.minibatches`).
 from .engine.evaluation import TEST_CACHE_LIMIT_BYTES
 from .engine.experiment import CLI_OVERRIDES, Trainer, batches_to_train
 from .engine.minibatches import Minibatch, Schedule, hits, pad_indices, pad_random, plan_batch
-from .engine.run import CHECKPOINT, RunTrainer, StaleCheckpoint, prepare_device, resolve_device, resolve_preprocessing
+from .engine.checkpoints import CHECKPOINT, StaleCheckpoint
+from .engine.run import RunTrainer, prepare_device, resolve_device, resolve_preprocessing
 
 __all__ = ["CHECKPOINT", "CLI_OVERRIDES", "Minibatch", "RunTrainer", "Schedule", "StaleCheckpoint",
            "TEST_CACHE_LIMIT_BYTES", "Trainer", "batches_to_train", "hits", "pad_indices", "pad_random", "plan_batch",

@@ -1,13 +1,14 @@
 """The experiment configuration (:class:`ExperimentConfig`): settings objects and presets
 (:mod:`.settings`), validation helpers (:mod:`.checks`), the typed object (:mod:`.experiment`) and its
 file form in sections with the one identity (:mod:`.sections`)."""
+from ..data.filelists import SCENARIOS
 from .checks import ConfigError
 from .experiment import ExperimentConfig, set_key
 from .sections import (IDENTITY_SECTIONS, SCHEMA_VERSION, SECTION_KEYS, SECTIONS, applies, flat_key, flatten,
                        section_path)
 from .settings import (DEVICES, FIDELITY_CHOICES, FULL_MINIBATCHES_SINCE, GLR_CHOICES, GLR_PROFILES,
                        INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, LATENT_DTYPES, LATENT_LAYERS, PROFILE_SWITCHES,
-                       PROFILES, SCENARIOS, BRNSettings, Fidelity, GLRSettings, profile_fidelity)
+                       PROFILES, BRNSettings, Fidelity, GLRSettings, profile_fidelity)
 
 #: Flat keys of how a run executes, not what it computes (the ``execution`` section).
 EXECUTION_KEYS = SECTION_KEYS["execution"]

@@ -22,13 +22,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
-from ..data.filelists import atomic_write_text
+from ..data.filelists import SCENARIOS, atomic_write_text
 from ..registry import METHODS, REPLAYS
 from ..utils import has_control_characters
 from . import sections
 from .checks import ConfigError, build, check_finite, check_params, check_types, choice
 from .settings import (DEVICES, FIDELITY_CHOICES, FULL_MINIBATCHES_SINCE, GLR_CHOICES, GLR_PROFILES,
-                       LATENT_DTYPES, LATENT_LAYERS, PROFILE_SWITCHES, PROFILES, SCENARIOS, BRNSettings, Fidelity,
+                       LATENT_DTYPES, LATENT_LAYERS, PROFILE_SWITCHES, PROFILES, BRNSettings, Fidelity,
                        GLRSettings, profile_fidelity)
 
 @dataclass

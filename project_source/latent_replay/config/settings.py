@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..data.filelists import SCENARIOS
 from .checks import ConfigError
 
 LATENT_DTYPES = ("float32", "float16", "uint8")

@@ -13,7 +13,8 @@ from ..models import MobileNetV1
 from ..models.weights import load_weights
 from ..results import CONFIG_FILE, aggregate_runs, read_summary, run_dir, run_dirs, stale_runs
 from ..streams.core50 import NICv2Stream
-from .run import CHECKPOINT, RunTrainer, batches_to_train, resolve_device, resolve_preprocessing
+from .checkpoints import CHECKPOINT
+from .run import RunTrainer, batches_to_train, resolve_device, resolve_preprocessing
 
 log = logging.getLogger("latent_replay.train")
 

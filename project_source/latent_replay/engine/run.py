@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +37,12 @@ from ..results import write_json, write_metrics
 from ..rowfile import RowFile
 from ..streams import Stream
 from ..utils import configure_cuda, release_free_memory
+from .checkpoints import CHECKPOINT, Checkpoints
 from .evaluation import TestEvaluation
 from .memory_update import MemoryUpdates
 from .minibatches import Minibatch, Schedule, hits, pad_indices, plan_batch
 
 log = logging.getLogger("latent_replay.train")
-CHECKPOINT = "checkpoint.pt"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,14 +77,6 @@ def prepare_device(device: torch.device, cfg: ExperimentConfig) -> None:
         configure_cuda(cfg.cuda_reproducible)
 
 
-class StaleCheckpoint(ConfigError):
-    """A run checkpoint (``path``) written under other training settings (``changed``) than the config."""
-
-    def __init__(self, message: str, path: Path, changed: list[str]):
-        super().__init__(message)
-        self.path, self.changed = path, changed
-
-
 def resolve_preprocessing(preprocessing: str, weights_info: dict) -> str:
     """The preprocessing in force: the configured one, or for ``auto`` what the loaded weights expect
     (``load_weights``' ``preprocessing``), ``caffe`` for random initial weights."""
@@ -95,7 +86,7 @@ def resolve_preprocessing(preprocessing: str, weights_info: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ run
-class RunTrainer(TestEvaluation, MemoryUpdates):
+class RunTrainer(TestEvaluation, MemoryUpdates, Checkpoints):
     """Trains one run of one experiment; see the module docstring."""
 
     def __init__(self, cfg: ExperimentConfig, run: int, stream: Stream, device: torch.device, out_dir: Path,
@@ -405,67 +396,6 @@ class RunTrainer(TestEvaluation, MemoryUpdates):
         in page faults (measured)."""
         if self.cfg.release_memory and self.device.type == "cpu":
             release_free_memory()
-
-    # ---------------------------------------------------------------- checkpoints
-    def state(self) -> dict:
-        return {
-            "format": "latent-replay-run-checkpoint", "version": __version__, "config": self.cfg.to_dict(),
-            "fidelity": self.cfg.describe_fidelity(), "preprocessing": self.preprocessing,
-            "run": self.run, "batches_done": self.batches_done, "global_iter": self.global_iter,
-            "rows": self.rows, "seen": sorted(self.seen), "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
-            "method": self.method.state_dict(), "memory": self.memory.state_dict() if self.memory else None,
-            "rng": self.rng.bit_generator.state,
-        }
-
-    def save_checkpoint(self) -> None:
-        path = self.dir / CHECKPOINT
-        tmp = path.with_name(f".{CHECKPOINT}.tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
-
-    def load_checkpoint(self, path: Path) -> None:
-        try:
-            # onto the CPU: every part moves what it keeps to its device (a GPU run's checkpoint would
-            # otherwise put numpy-bound tensors, e.g. GLR's slot table, on the GPU)
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except torch.OutOfMemoryError:
-            raise                # a good checkpoint on a full device: not the file's fault
-        except Exception as e:   # torch raises many kinds (pickle, zip reader, OSError, EOF)
-            if "CUDA" in str(e):
-                raise
-            detail = " ".join(str(e).split())[:200] or type(e).__name__
-            raise ConfigError(f"{path}: cannot read the run checkpoint ({detail}); delete it, or use --force, "
-                              "to train the run again") from None
-        if not isinstance(state, dict) or state.get("format") != "latent-replay-run-checkpoint":
-            raise ConfigError(f"{path}: not a run checkpoint of this suite")
-        # the config keeps only the overrides of its profile: compare every switch in force too, so a
-        # default changed between versions cannot change a run halfway
-        changed = self.cfg.trained_otherwise(state["config"], state.get("fidelity"), state.get("preprocessing"),
-                                             self.preprocessing)
-        if changed:
-            why = "; a fidelity.* default may have changed between versions" \
-                if any(k.startswith("fidelity.") for k in changed) else ""
-            raise StaleCheckpoint(f"{path}: the checkpoint was written with another configuration (changed: "
-                                  f"{', '.join(changed)}{why}): use --force to start the run again", path, changed)
-        if "fidelity" not in state:
-            log.warning("%s: written before checkpoints recorded every fidelity switch; resuming with the "
-                        "switches in force now (AR1*'s importance_from default changed to 'updates')", path)
-        self.batches_done, self.global_iter = state["batches_done"], state["global_iter"]
-        self.rows, self.seen = state["rows"], set(state["seen"])
-        if self.batches_done >= 2 and not self.cumulative:   # batch 1 switched the BRN settings
-            self.model.set_brn_config(self._incremental_brn())
-        self.model.load_state_dict(state["model"])
-        self.method.load_state_dict(state["method"])
-        if self.memory is not None:
-            self.memory.load_state_dict(state["memory"])
-        self.rng.bit_generator.state = state["rng"]
-        # batch 0 and batch 1 (and every batch of joint) build their optimiser afresh (train_batch): only
-        # after batch 1 can the saved state be the one the next batch goes on with (momentum_persists)
-        if state["optimizer"] is not None and self.batches_done >= 2 and not self.cumulative:
-            self._build_optimizer(self.batches_done)
-            if self.fid.momentum_persists:
-                self.optimizer.load_state_dict(state["optimizer"])
 
     # ---------------------------------------------------------------- the run
     def train(self) -> dict:

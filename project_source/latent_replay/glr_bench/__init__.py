@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from .benchmark import limit_threads, load_data, run_benchmark, warm_up
 from .command import glr_bench_command
-from .loop import EVAL_BATCH, _Run, batch_split, run_one
+from .loop import EVAL_BATCH, _Run, batch_split, run_one  # noqa: F401  (_Run: tests)
 from .model import SplitMLP
 from .plots import METHOD_COLOURS, plot_average_accuracy, seen_accuracy
 from .results import (METRICS, aggregate, bench_figures, find_bench_folders, format_table, load_results,

@@ -33,8 +33,8 @@ from ..registry import REPLAYS as REGISTRY_REPLAYS
 from ..results import CONFIG_FILE
 from .args import (DEFAULT_LAYER, DEFAULT_MEMORY, DEFAULT_OUT, DEFAULT_RUNS, DEVICES, LAUNCHERS, MANAGED_KEYS,
                    NVIDIA_DOCKER, PROG, SCENARIOS, UsageError, _launcher_names, build_parser, default_image)
-from .checks import _check_filelists
-from .command import _display, main, prepare_command, write_plan
+from .checks import _check_filelists  # noqa: F401  (tests patch it in launch.checks)
+from .command import _display, main, prepare_command, write_plan  # noqa: F401  (_display: sweep, tests)
 from .mounts import CONTAINER_DATASETS, CONTAINER_FILELISTS, CONTAINER_RESULTS, CONTAINER_WEIGHTS, Mount
 from .plan import RUN_SCRIPT, Plan, plan_experiment, validate
 from .script import (FIRST_CHECK, GLIBC_TUNABLES, GPU_OPTIONS, describe, render_docker_script, render_local_script,
