@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..replay import ReplayMemory, choose_update
+from ..replay import ExperienceData, ReplayMemory
 from ..replay.generative import GenerativeReplay
 from ..streams.base import Experience
 from ..streams.digits import DigitStream
@@ -66,7 +66,7 @@ class _Run:
     def _replayed(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(len(self.memory), (n,), generator=self.gen)
         rows, labels = self.memory.get(idx)
-        if self.spec.method == "replay":   # raw uint8 images -> network input
+        if self.memory.stores == "frames":   # raw uint8 images -> network input
             rows = rows.reshape(n, -1).float().div_(255.0)
         return rows.to(self.device), labels.to(self.device)
 
@@ -108,18 +108,19 @@ class _Run:
     @torch.no_grad()
     def update_memory(self, t: int, exp: Experience, x: torch.Tensor, y: torch.Tensor,
                       z: torch.Tensor | None = None) -> None:
-        """Put experience ``t`` into the memory; ``z``: the latents of ``x`` if already computed with the
-        current (frozen) lower part."""
-        spec = self.spec
-        if spec.method != "replay" and z is None:
+        """Hand experience ``t`` to the memory through the engine's replay interface
+        (:meth:`~latent_replay.replay.base.Replay.after_experience`): it takes the images or the latents
+        it keeps. ``z``: the latents of ``x`` if already computed with the current (frozen) lower part."""
+        if self.memory.stores == "latents" and z is None:
             z = self._lower_latents(x)
-        if spec.method not in ("replay", "latent"):     # generative: the memory fits its models
-            self.memory.update(self.slot_rng, t, z, y)
-            return
-        pick, keep = choose_update(self.slot_rng, spec.memory, t, len(y), len(self.memory))
-        p = torch.as_tensor(pick, device=self.device)
-        rows = torch.from_numpy(self.stream.inputs(exp.ids[pick])).to(self.device) if spec.method == "replay" else z[p]
-        self.memory.insert(rows, y[p], keep)
+
+        def rows(pick) -> torch.Tensor:
+            return torch.as_tensor(pick, device=self.device)
+
+        data = ExperienceData(t, len(y), labels=lambda pick: y[rows(pick)],
+                              frames=lambda pick: torch.from_numpy(self.stream.inputs(exp.ids[pick])).to(self.device),
+                              latents=lambda pick: z[rows(pick)])
+        self.memory.after_experience(self.slot_rng, data)
 
     @torch.no_grad()
     def evaluate(self) -> np.ndarray:
