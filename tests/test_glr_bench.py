@@ -355,6 +355,16 @@ def test_cli_writes_files_and_prints_the_table(tmp_path):
     runs = pd.read_csv(folder / "summary.csv")
     for row in runs.itertuples():
         assert loaded[(row.run, row.seed)].matrix[-1].mean() == pytest.approx(row.final_average_accuracy)
+    # every run and seed is also an ordinary run folder, which results.read_run reads as any other run
+    from latent_replay.results import read_run
+
+    for row in runs.itertuples():
+        run, why = read_run(folder / row.run / f"run{row.seed}")
+        assert why is None and run.number == row.seed and len(run.batch_rows) == 2
+        matrix = loaded[(row.run, row.seed)].matrix
+        assert run.batch_rows["test_accuracy"].tolist() == pytest.approx(matrix.mean(1).tolist(), abs=1e-6)
+        assert run.final_accuracy == pytest.approx(matrix[-1].mean(), abs=1e-6)
+        assert run.summary["glr_bench"]["final_average_accuracy"] == pytest.approx(row.final_average_accuracy)
     fig = run_cli("figures", out, "--out", tmp_path / "figs", "--format", "png,svg")
     assert fig.exit_code == 0, fig.output
     assert (tmp_path / "figs" / "glr_digits_permuted_comparison.png").stat().st_size > 1000

@@ -39,6 +39,7 @@ from ..streams import Stream
 from ..utils import configure_cuda, release_free_memory
 from .checkpoints import CHECKPOINT, Checkpoints
 from .evaluation import TestEvaluation
+from .loop import run_batches
 from .memory_update import MemoryUpdates
 from .minibatches import Minibatch, Schedule, hits, pad_indices, plan_batch
 
@@ -410,19 +411,8 @@ class RunTrainer(TestEvaluation, MemoryUpdates, Checkpoints):
                    disable=not self.progress)
         with bar, contextlib.ExitStack() as stack:
             stack.callback(self._drop_test_cache)
-            for b in range(self.batches_done, n):
-                row = self.train_batch(b)
-                self.batches_done = b + 1
-                write_metrics(self.dir / "metrics.csv", self.rows)
-                stopping = self.stop_after is not None and b + 1 >= self.stop_after
-                if (b + 1) % self.cfg.checkpoint_every == 0 or b + 1 == n or stopping:
-                    self.save_checkpoint()
-                bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", refresh=False)
-                bar.update(1)
-                log.debug("run %d batch %d: acc %.4f loss %.4f (%.2fs train, %.2fs eval)", self.run, b,
-                          row["test_accuracy"], row["train_loss"], row["train_seconds"], row["eval_seconds"])
-                if self.stop_after is not None and b + 1 >= self.stop_after and b + 1 < n:
-                    raise KeyboardInterrupt(f"stopped after batch {b} (stop_after)")
+            run_batches(self, n, self.dir, checkpoint_every=self.cfg.checkpoint_every, stop_after=self.stop_after,
+                        bar=bar, name=f"run {self.run}")
         accs = [r["test_accuracy"] for r in self.rows if r["kind"] == "batch"]
         summary = {
             "experiment": self.cfg.experiment_name, "run": self.run, "finished": True, "batches": n,

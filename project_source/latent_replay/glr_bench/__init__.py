@@ -40,6 +40,7 @@ written atomically with :mod:`latent_replay.results`)::
     <out>/<data>_<stream>_<sweep>/summary_mean.csv        per run: mean and std over seeds (the printed table)
     <out>/<data>_<stream>_<sweep>/accuracy_matrix.csv     run, seed, train_exp, eval_exp, accuracy (tidy)
     <out>/<data>_<stream>_<sweep>/runs/<run>_seed<S>.json matrix, metrics, bytes, timings, GLR diagnostics
+    <out>/<data>_<stream>_<sweep>/<run>/run<S>/           an ordinary run folder: metrics.csv, summary.json
     <out>/<data>_<stream>_<sweep>/average_accuracy.png    accuracy over the seen experiences, per run
 
 Modules: :mod:`.settings` (settings, run specs and results, the run plans), :mod:`.model` (the split

@@ -112,7 +112,9 @@ def _run_benchmark(data, settings, out, sweep, methods, seeds, device, plot, pro
             transforms[seed] = [e.transform for e in stream.experiences]
             for spec in specs:
                 bar.set_postfix_str(f"{spec.name} seed {seed}")
-                results.append(run_one(spec, s, stream, device, bar))
+                run_folder = folder / spec.name / f"run{seed}"   # an ordinary run folder (metrics.csv, summary.json)
+                run_folder.mkdir(parents=True, exist_ok=True)
+                results.append(run_one(spec, s, stream, device, bar, run_folder))
                 log.info("%s seed %d: final average accuracy %.4f", spec.name, seed,
                          results[-1].row()["final_average_accuracy"])
     config = {"tool": TOOL_NAME, "version": __version__, "settings": asdict(settings),

@@ -6,12 +6,15 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.loop import run_batches
 from ..replay import ExperienceData, ReplayMemory
+from ..results import write_json
 from ..replay.generative import GenerativeReplay
 from ..streams.base import Experience
 from ..streams.digits import DigitStream
@@ -136,29 +139,46 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def run(self, bar=None) -> RunResult:
+    def train_batch(self, t: int) -> dict:
+        """Experience ``t``: train, put it into the memory (not after the last: nothing would use it),
+        evaluate on every experience's test set; the engine's metrics row (``test_accuracy`` on the whole
+        test stream, as the main pipeline's on the whole test list)."""
+        result, exp = self.result, self.stream.batches[t]
+        x = _float_images(self.stream.inputs(exp.ids), self.device)
+        y = torch.from_numpy(exp.labels).to(self.device)
+        self._sync()
+        t0 = time.perf_counter()
+        z = self.train_experience(t, x, y)
+        self._sync()   # queued GPU work counts where it was queued, not where it is first waited for
+        t1 = time.perf_counter()
+        if self.memory is not None and t < len(self.stream.batches) - 1:
+            self.update_memory(t, exp, x, y, z)
+            result.memory_bytes.append(int(self.memory.nbytes))
+        self._sync()
+        t2 = time.perf_counter()
+        result.matrix[t] = self.evaluate()
+        result.train_seconds += t1 - t0
+        result.update_seconds += t2 - t1
+        result.eval_seconds += time.perf_counter() - t2
+        log.debug("%s after experience %d: %s", self.spec.name, t, np.round(result.matrix[t], 3).tolist())
+        sizes = np.array([len(e) for e in self.stream.test_sets])
+        row = {"batch": t, "kind": "batch", "test_accuracy": float(result.matrix[t] @ sizes / sizes.sum()),
+               "train_seconds": t1 - t0 + t2 - t1, "eval_seconds": time.perf_counter() - t2, "new_frames": len(y),
+               "classes_seen": self.stream.n_classes, "memory_patterns": 0 if self.memory is None else len(self.memory),
+               "memory_bytes": 0 if self.memory is None else int(self.memory.nbytes)}
+        self.rows.append(row)
+        return row
+
+    def save_checkpoint(self) -> None:   # a run of seconds: trained again when interrupted
+        raise NotImplementedError("glr-bench runs are not checkpointed")
+
+    def run(self, bar=None, folder: Path | None = None) -> RunResult:
+        """Every experience through the engine's batch loop; with ``folder``, an ordinary run folder there
+        (``metrics.csv`` after every experience, ``summary.json`` at the end)."""
         T = len(self.stream.batches)
-        result = RunResult(self.spec, np.zeros((T, T)), self.s.seed)
-        for t, exp in enumerate(self.stream.batches):
-            x = _float_images(self.stream.inputs(exp.ids), self.device)
-            y = torch.from_numpy(exp.labels).to(self.device)
-            self._sync()
-            t0 = time.perf_counter()
-            z = self.train_experience(t, x, y)
-            self._sync()   # queued GPU work counts where it was queued, not where it is first waited for
-            t1 = time.perf_counter()
-            if self.memory is not None and t < T - 1:
-                self.update_memory(t, exp, x, y, z)
-                result.memory_bytes.append(int(self.memory.nbytes))
-            self._sync()
-            t2 = time.perf_counter()
-            result.matrix[t] = self.evaluate()
-            result.train_seconds += t1 - t0
-            result.update_seconds += t2 - t1
-            result.eval_seconds += time.perf_counter() - t2
-            log.debug("%s after experience %d: %s", self.spec.name, t, np.round(result.matrix[t], 3).tolist())
-            if bar is not None:
-                bar.update(1)
+        self.result, self.rows, self.batches_done = RunResult(self.spec, np.zeros((T, T)), self.s.seed), [], 0
+        run_batches(self, T, folder, checkpoint_every=None, bar=_Progress(bar), name=self.spec.name)
+        result = self.result
         result.memory_patterns = 0 if self.memory is None else len(self.memory)
         if isinstance(self.memory, GenerativeReplay):
             h = self.memory.history
@@ -166,13 +186,36 @@ class _Run:
                           "label_agreement": [x["label_agreement"] for x in h],
                           "em_iterations": [x.get("em_iterations") for x in h],
                           "fit_seconds": [x["fit_seconds"] for x in h]}
+        if folder is not None:
+            accs = [r["test_accuracy"] for r in self.rows]
+            write_json(folder / "summary.json", {
+                "experiment": self.spec.name, "run": self.s.seed, "finished": True, "batches": T,
+                "final_accuracy": accs[-1], "average_accuracy": float(np.mean(accs)),
+                "train_seconds": float(sum(r["train_seconds"] for r in self.rows)),
+                "eval_seconds": float(sum(r["eval_seconds"] for r in self.rows)),
+                "memory_bytes": max(result.memory_bytes, default=0), "stream": self.stream.name,
+                "device": str(self.device), "torch": torch.__version__, "glr_bench": result.row()})
         return result
 
 
+class _Progress:
+    """glr-bench's bar counts experiences without a per-row postfix (the engine's loop sets one)."""
+
+    def __init__(self, bar):
+        self.bar = bar
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+
 def run_one(spec: RunSpec, settings: BenchSettings, stream: DigitStream, device: torch.device | str = "cpu",
-            bar=None) -> RunResult:
+            bar=None, folder: Path | None = None) -> RunResult:
     """Train one run through the stream (a :class:`~latent_replay.streams.digits.DigitStream`: its
     training experiences, and one test set per experience) and return its accuracy matrix and bookkeeping."""
     if spec.method not in METHODS:
         raise ValueError(f"unknown method {spec.method!r} (one of {', '.join(METHODS)})")
-    return _Run(spec, replace(settings, split=spec.split), stream, torch.device(device)).run(bar)
+    return _Run(spec, replace(settings, split=spec.split), stream, torch.device(device)).run(bar, folder)
