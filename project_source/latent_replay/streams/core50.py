@@ -8,13 +8,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.classes import NUM_CLASSES
 from ..data.core50 import FrameStore
 from ..data.nicv2 import Scenario
 from ..registry import STREAMS
 from .base import Experience
-
-#: CORe50's 50 objects.
-N_CLASSES = 50
 
 
 @STREAMS.register("core50_nicv2", title="CORe50 NICv2", aliases=("nicv2",), order=0)
@@ -22,7 +20,7 @@ class NICv2Stream:
     """One run of a NICv2 scenario over a frame store holding its frames."""
 
     name = "core50_nicv2"
-    n_classes = N_CLASSES
+    n_classes = NUM_CLASSES   # CORe50's 50 objects
     #: The main pipeline's trainer runs on this stream (its network takes CORe50's frames).
     engine = True
 
@@ -31,10 +29,6 @@ class NICv2Stream:
         self.batches = [Experience(tuple(fl.paths), fl.labels) for fl in scenario.batches]
         self.test = Experience(tuple(scenario.test.paths), scenario.test.labels)
         self.input_shape = tuple(frames.images.shape[1:])
-
-    @property
-    def title(self) -> str:
-        return self.scenario.name
 
     def inputs(self, ids: Sequence[str]) -> np.ndarray:
         return self.frames.get(list(ids))
