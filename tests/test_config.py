@@ -88,6 +88,8 @@ def test_single_switch_on_top_of_profile_and_round_trip(tmp_path):
     ({"stream": {"name": "mnist"}}, "stream.name: 'mnist' is not one of core50_nicv2"),
     ({"stream": {"name": "rotated"}}, "stream.name: 'rotated' is not one of core50_nicv2 (glr-bench trains it"),
     ({"schema_version": 2, "streams": {}}, "streams: unknown section"),
+    ({"stream": {"name": ["x"]}}, "stream.name: ['x'] is not one of core50_nicv2"),
+    ({"replay": {"name": ["latent"], "params": {"memory": 5}}}, "replay.params.memory: replay ['latent'] takes no"),
     ({"execution": {"gpu": 1}}, "execution.gpu: unknown key"),
     ({"weight_decay": -5}, "weight_decay: must be >= 0, got -5.0"),
     ({"classifier_lr_mult": -2}, "classifier_lr_mult: must be >= 0, got -2.0"),

@@ -141,7 +141,7 @@ def from_sections(data: dict) -> dict:
     name = stream.pop("name", STREAM)
     engine = [e.name for e in STREAMS if e.obj.engine]
     if STREAMS.canonical(name) not in engine:
-        why = " (glr-bench trains it, not the main pipeline)" if name in STREAMS else ""
+        why = " (glr-bench trains it, not the main pipeline)" if isinstance(name, str) and name in STREAMS else ""
         raise ConfigError(f"stream.name: {name!r} is not one of {', '.join(engine)}{why}")
     flat.update(stream)
     for section in ("model", "schedule", "execution", "paths"):
@@ -158,7 +158,7 @@ def from_sections(data: dict) -> dict:
     if not isinstance(params, dict):
         raise ConfigError(f"replay.params: expected an object, got {type(params).__name__} {params!r}")
     name = flat.get("replay", "latent")
-    reads = dict(replay_keys(name)) if name in REPLAYS else {}
+    reads = dict(replay_keys(name)) if isinstance(name, str) and name in REPLAYS else {}
     for key, value in params.items():
         if key not in reads:
             raise ConfigError(f"replay.params.{key}: replay {name!r} takes no such parameter "
@@ -169,8 +169,6 @@ def from_sections(data: dict) -> dict:
         flat["profile"] = fidelity["profile"]
     if "switches" in fidelity:
         flat["fidelity"] = fidelity["switches"]
-    if "schema_version" in data:
-        flat["schema_version"] = data["schema_version"]
     return flat
 
 
