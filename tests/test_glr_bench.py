@@ -365,6 +365,16 @@ def test_cli_writes_files_and_prints_the_table(tmp_path):
         assert run.batch_rows["test_accuracy"].tolist() == pytest.approx(matrix.mean(1).tolist(), abs=1e-6)
         assert run.final_accuracy == pytest.approx(matrix[-1].mean(), abs=1e-6)
         assert run.summary["glr_bench"]["final_average_accuracy"] == pytest.approx(row.final_average_accuracy)
+    for name in mean["run"]:   # each run an ordinary experiment folder: its seeds aggregated in summary.csv
+        agg = pd.read_csv(folder / name / "summary.csv")
+        assert (agg["runs"] == 2).all() and len(agg) == 2
+    # run again with one seed and two methods: the other seed's and method's run folders go
+    again = run_cli("glr-bench", "--stream", "permuted", "--experiences", 2, "--epochs", 1, "--seeds", 1,
+                    "--methods", "naive,latent", "--out", out, "--no-progress", "--device", "cpu")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["latent_split1_m135", "naive", "runs"]
+    assert [p.name for p in (folder / "naive").iterdir() if p.is_dir()] == ["run0"]
+    assert (pd.read_csv(folder / "naive" / "summary.csv")["runs"] == 1).all()
     fig = run_cli("figures", out, "--out", tmp_path / "figs", "--format", "png,svg")
     assert fig.exit_code == 0, fig.output
     assert (tmp_path / "figs" / "glr_digits_permuted_comparison.png").stat().st_size > 1000

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..data.digits import DigitData, load_digits_data, load_mnist
 from ..registry import STREAMS
+from ..results import aggregate_runs, run_dirs
 from .loop import run_one
 from .model import SplitMLP
 from .results import write_results
@@ -117,6 +119,7 @@ def _run_benchmark(data, settings, out, sweep, methods, seeds, device, plot, pro
                 results.append(run_one(spec, s, stream, device, bar, run_folder))
                 log.info("%s seed %d: final average accuracy %.4f", spec.name, seed,
                          results[-1].row()["final_average_accuracy"])
+    _ordinary_experiments(folder, {(r.spec.name, r.seed) for r in results})
     config = {"tool": TOOL_NAME, "version": __version__, "settings": asdict(settings),
               "seeds": list(transforms), "sweep": sweep, "methods": list(methods), "runs": [s.name for s in specs],
               "device": str(device), "data": data.describe(), "stream": {str(k): v for k, v in transforms.items()},
@@ -124,3 +127,20 @@ def _run_benchmark(data, settings, out, sweep, methods, seeds, device, plot, pro
               "python": platform.python_version(), "threads": torch.get_num_threads()}
     title = f"{data.name}, {settings.stream} stream"
     return folder, write_results(folder, results, config, plot=plot, title=title)
+
+
+def _ordinary_experiments(folder: Path, done: set[tuple[str, int]]) -> None:
+    """Each run of the benchmark is an experiment folder of the suite (``<run>/run<seed>/`` and its
+    ``summary.csv`` over the seeds, :func:`~latent_replay.results.aggregate_runs`); run folders an
+    earlier call left in ``folder`` (other runs or seeds) are removed, as its ``runs/*.json`` are."""
+    for experiment in sorted(p for p in folder.iterdir() if p.is_dir() and p.name != "runs"):
+        for number, run_folder in run_dirs(experiment):
+            if (experiment.name, number) not in done:
+                shutil.rmtree(run_folder)
+        if any(name == experiment.name for name, _ in done):
+            aggregate_runs(experiment)
+            continue
+        (experiment / "summary.csv").unlink(missing_ok=True)
+        if not any(experiment.iterdir()):
+            experiment.rmdir()
+
