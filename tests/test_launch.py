@@ -159,7 +159,7 @@ RULES = [  # (id, argv builder, expected message start)
     ("set managed by section", lambda db, t: ["AR1F", "391", "latent", db, "--set", "replay.params.memory=5"],
      "argument --set: 'replay_memory' is set by --replay_memory, not --set"),
     ("set section value", lambda db, t: ["AR1F", "391", "no", db, "--set", "schedule.epochs=-1"],
-     "argument --set: epochs: must be > 0, got -1.0"),
+     "argument --set: schedule.epochs: must be > 0, got -1.0"),
     ("set value", lambda db, t: ["AR1F", "391", "no", db, "--set", "epochs=-1"],
      "argument --set: epochs: must be > 0, got -1"),
     ("set name newline", lambda db, t: ["AR1F", "391", "no", db, "--set", "name=x\necho INJECTED"],

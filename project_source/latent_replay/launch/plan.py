@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..config import ConfigError, ExperimentConfig
+from ..config import ConfigError, ExperimentConfig, flat_key
 from ..registry import METHODS as REGISTRY_METHODS
 from ..registry import REPLAYS as REGISTRY_REPLAYS
 from ..results import CONFIG_FILE
@@ -107,11 +107,21 @@ def _config(data: dict, settings: Iterable[tuple[str, object]]) -> ExperimentCon
         ExperimentConfig.from_dict(dict(data), "configuration")
     except ConfigError as exc:   # every combination rule above should have caught it first
         raise UsageError(None, str(exc)) from None
-    _apply_sets(data, settings)   # nothing to apply: the same data, accepted just above
+    given: list[str] = []
+
+    def recorded():   # the keys as the command line spelt them (parsed one by one, in order)
+        for key, value in settings:
+            given.append(key)
+            yield key, value
+
+    _apply_sets(data, recorded())   # nothing to apply: the same data, accepted just above
     try:
         return ExperimentConfig.from_dict(data, "configuration")
     except ConfigError as exc:
-        raise UsageError("--set", str(exc).removeprefix("configuration: ")) from None
+        message = str(exc).removeprefix("configuration: ")
+        key = message.partition(":")[0]
+        spelt = [k for k in given if k != key and flat_key(k) == key]   # schedule.epochs for epochs
+        raise UsageError("--set", spelt[-1] + message[len(key):] if spelt else message) from None
 
 
 def _experiment_dir(out_dir: Path, cfg: ExperimentConfig, force: bool) -> Path:
