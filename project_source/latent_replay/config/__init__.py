@@ -5,16 +5,13 @@ from ..data.filelists import SCENARIOS
 from .checks import ConfigError
 from .experiment import ExperimentConfig, set_key
 from .sections import (IDENTITY_SECTIONS, SCHEMA_VERSION, SECTION_KEYS, SECTIONS, applies, flat_key, flatten,
-                       section_path)
+                       section_path, without)
 from .settings import (DEVICES, FIDELITY_CHOICES, FULL_MINIBATCHES_SINCE, GLR_CHOICES, GLR_PROFILES,
                        INFERENCE_CHUNK_CPU, INFERENCE_CHUNK_GPU, LATENT_DTYPES, LATENT_LAYERS, PROFILE_SWITCHES,
                        PROFILES, BRNSettings, Fidelity, GLRSettings, profile_fidelity)
 
-#: Flat keys of how a run executes, not what it computes (the ``execution`` section).
-EXECUTION_KEYS = SECTION_KEYS["execution"]
-
-__all__ = ["BRNSettings", "ConfigError", "DEVICES", "EXECUTION_KEYS", "ExperimentConfig", "FIDELITY_CHOICES",
+__all__ = ["BRNSettings", "ConfigError", "DEVICES", "ExperimentConfig", "FIDELITY_CHOICES",
            "FULL_MINIBATCHES_SINCE", "Fidelity", "GLRSettings", "GLR_CHOICES", "GLR_PROFILES",
            "IDENTITY_SECTIONS", "INFERENCE_CHUNK_CPU", "INFERENCE_CHUNK_GPU", "LATENT_DTYPES", "LATENT_LAYERS",
            "PROFILES", "PROFILE_SWITCHES", "SCENARIOS", "SCHEMA_VERSION", "SECTIONS", "SECTION_KEYS", "applies",
-           "flat_key", "flatten", "profile_fidelity", "section_path", "set_key"]
+           "flat_key", "flatten", "profile_fidelity", "section_path", "set_key", "without"]

@@ -27,20 +27,20 @@ from ..registry import METHODS, REPLAYS
 from ..utils import has_control_characters
 from . import sections
 from .checks import ConfigError, build, check_finite, check_params, check_types, choice
-from .settings import (DEVICES, FIDELITY_CHOICES, FULL_MINIBATCHES_SINCE, GLR_CHOICES, GLR_PROFILES,
-                       LATENT_DTYPES, LATENT_LAYERS, PROFILE_SWITCHES, PROFILES, BRNSettings, Fidelity,
+from .settings import (DEFAULT_METHOD, DEFAULT_REPLAY, DEVICES, FIDELITY_CHOICES, FULL_MINIBATCHES_SINCE,
+                       GLR_CHOICES, GLR_PROFILES, LATENT_DTYPES, LATENT_LAYERS, PROFILE_SWITCHES, PROFILES, BRNSettings, Fidelity,
                        GLRSettings, profile_fidelity)
 
 @dataclass
 class ExperimentConfig:
     """Everything one experiment needs. Unknown keys, wrong types and impossible combinations are rejected."""
 
-    method: str = "ar1free"
+    method: str = DEFAULT_METHOD
     #: The method's own parameters (its registered params class: AR1*'s ``f_max``, ``c`` and ``xi``,
     #: LwF's ``lam`` and ``temperature``), every one written out; {} for a method without any.
     method_params: dict = field(default_factory=dict)
     scenario: int = 391
-    replay: str = "latent"
+    replay: str = DEFAULT_REPLAY
     latent_layer: str = "conv5_4/dw"
     replay_memory: int = 1500
     latent_dtype: str = "float32"
@@ -312,11 +312,6 @@ class ExperimentConfig:
     def describe_fidelity(self) -> dict:
         """Every switch in force (for logs and result summaries)."""
         return dataclasses.asdict(self.fidelity)
-
-    def key_in_effect(self, key: str) -> bool:
-        """Whether a flat config key can change what this experiment computes
-        (:func:`~latent_replay.config.sections.applies`)."""
-        return sections.applies(key, self.to_flat())
 
     def switches_in_effect(self) -> set[str]:
         """The fidelity switches that can change what this experiment computes. Only these are compared

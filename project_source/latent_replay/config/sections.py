@@ -31,7 +31,7 @@ from typing import Any
 
 from ..registry import METHODS, REPLAYS, STREAMS
 from .checks import ConfigError
-from .settings import PROFILE_SWITCHES
+from .settings import DEFAULT_METHOD, DEFAULT_REPLAY, PROFILE_SWITCHES
 
 SCHEMA_VERSION = 2
 #: The stream of the main pipeline (the registered streams whose ``engine`` is true: CORe50 NICv2 so far).
@@ -77,8 +77,8 @@ def applies(key: str, values: dict) -> bool:
     settings where that replay reads them and keeps a memory, a method's params where that method
     declares them, the schema-1 ``ar1_*`` constants for AR1*. Every other key applies."""
     top, _, sub = key.partition(".")
-    method = METHODS.canonical(values.get("method", "ar1free"))
-    replay = REPLAYS.canonical(values.get("replay", "latent"))
+    method = METHODS.canonical(values.get("method", DEFAULT_METHOD))
+    replay = REPLAYS.canonical(values.get("replay", DEFAULT_REPLAY))
     if top in SCHEMA1_METHOD_KEYS:
         return method == SCHEMA1_METHOD_KEYS[top][0]
     if top == "method_params" and sub:
@@ -157,7 +157,7 @@ def from_sections(data: dict) -> dict:
     params = replay.get("params", {})
     if not isinstance(params, dict):
         raise ConfigError(f"replay.params: expected an object, got {type(params).__name__} {params!r}")
-    name = flat.get("replay", "latent")
+    name = flat.get("replay", DEFAULT_REPLAY)
     reads = dict(replay_keys(name)) if isinstance(name, str) and name in REPLAYS else {}
     for key, value in params.items():
         if key not in reads:
@@ -177,7 +177,7 @@ def from_schema1(data: dict) -> dict:
     were flat keys (``ar1_f_max``, ``ar1_c``, ``ar1_xi``), now AR1*'s params (where the method is
     another, they meant nothing and are dropped)."""
     flat = {k: v for k, v in data.items() if k not in SCHEMA1_METHOD_KEYS and k != "schema_version"}
-    method = METHODS.canonical(data.get("method", "ar1free"))
+    method = METHODS.canonical(data.get("method", DEFAULT_METHOD))
     moved = {SCHEMA1_METHOD_KEYS[k][1]: v for k, v in data.items()
              if k in SCHEMA1_METHOD_KEYS and SCHEMA1_METHOD_KEYS[k][0] == method}
     if moved:
@@ -226,6 +226,12 @@ def flat_key(path: str) -> str:
     if parts in (["method", "name"], ["replay", "name"]):
         return parts[0]
     return path
+
+
+def without(data: dict, keys) -> dict:
+    """A config's file form as one dict of dotted keys (:func:`flatten`) without some of them: each of
+    ``keys`` is a section (``execution``) or a dotted key (``paths.out``)."""
+    return {k: v for k, v in flatten(data).items() if k not in keys and k.partition(".")[0] not in keys}
 
 
 def flatten(data: dict, prefix: str = "") -> dict:

@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 from .checks import ConfigError
 
+#: The method and replay of a config that names none (the paper's main experiment).
+DEFAULT_METHOD, DEFAULT_REPLAY = "ar1free", "latent"
 LATENT_DTYPES = ("float32", "float16", "uint8")
 PROFILES = ("fixed", "caffe")
 DEVICES = ("auto", "cpu", "cuda")

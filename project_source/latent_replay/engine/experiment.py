@@ -5,7 +5,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from ..config import ConfigError, ExperimentConfig, flatten
+from ..config import ConfigError, ExperimentConfig, without
 from ..data.core50 import DatasetError, load_frames, open_root
 from ..data.filelists import default_filelists_root
 from ..data.nicv2 import load_scenario
@@ -30,12 +30,6 @@ CLI_OVERRIDES = ("execution.runs", "execution.device", "paths.out")
 #: What may change between an interrupted run and its resumption, besides the command line's overrides:
 #: how it executes (the whole ``execution`` section) and where the frame cache is.
 RESUMABLE = ("execution", "paths.out", "paths.cache_dir")
-
-
-def _without(config: dict, keys) -> dict:
-    """A config's file form without some of its dotted keys (``section`` or ``section.key``)."""
-    return {k: v for k, v in flatten(config).items()
-            if k not in keys and k.partition(".")[0] not in keys}
 
 
 # ------------------------------------------------------------------------------------- experiment
@@ -95,14 +89,14 @@ class Trainer:
             except ConfigError:
                 saved = None
         old, new = (saved.to_dict() if saved is not None else None), cfg.to_dict()
-        same = saved is not None and _without(old, RESUMABLE) == _without(new, RESUMABLE)
+        same = saved is not None and without(old, RESUMABLE) == without(new, RESUMABLE)
         if saved is not None and not same:
             self._refuse_other_results(path, old, force)
         if not force:
             self._refuse_stale_runs()
         if same:
             runs = list(saved.runs) + [r for r in cfg.runs if r not in saved.runs]
-            if _without(old, CLI_OVERRIDES) == _without(new, CLI_OVERRIDES):
+            if without(old, CLI_OVERRIDES) == without(new, CLI_OVERRIDES):
                 if runs != list(saved.runs):
                     saved.replace(runs=runs).save(path)
                 return

@@ -10,7 +10,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..config import LATENT_DTYPES, LATENT_LAYERS, SECTION_KEYS, ConfigError, ExperimentConfig, flatten
+from ..config import LATENT_DTYPES, LATENT_LAYERS, SECTION_KEYS, ConfigError, ExperimentConfig, applies, flatten
 from ..registry import METHODS, REPLAYS
 from ..results import CONFIG_FILE, experiment_folders, finished_runs
 
@@ -144,23 +144,25 @@ def load_experiments(result_dirs: Iterable[str | Path], notes: list[str] | None 
     return sorted(experiments, key=Experiment.sort_key)
 
 
-def _flat_config(cfg: ExperimentConfig) -> dict:
-    """What the experiment computes that the figures' dimensions do not show, as flat ``key: value``:
-    the keys of its identity's sections that apply to it (not ``execution`` or ``paths``), and the
-    fidelity switches that differ from its profile's."""
+def _flat_config(flat: dict) -> dict:
+    """What an experiment computes that the figures' dimensions do not show, as flat ``key: value``,
+    from its config's flat form (:meth:`~latent_replay.config.ExperimentConfig.to_flat`): the keys of
+    its identity's sections that apply to it (not ``execution`` or ``paths``), and the fidelity
+    switches that differ from its profile's."""
     where = {k for section in ("execution", "paths") for k in SECTION_KEYS[section]}
-    data = {k: v for k, v in flatten(cfg.to_flat()).items()
-            if k.partition(".")[0] not in where | _SHOWN_KEYS and v != {} and cfg.key_in_effect(k)}
-    data.update({f"fidelity.{k}": v for k, v in cfg.fidelity_overrides().items()})
+    data = {k: v for k, v in flatten(flat).items()
+            if k.partition(".")[0] not in where | _SHOWN_KEYS and v != {} and applies(k, flat)}
+    data.update({f"fidelity.{k}": v for k, v in flat["fidelity"].items()})
     return data
 
 
 def _set_extras(experiments: list[Experiment]) -> None:
     """Fill ``extras`` (config keys that differ between experiments) and ``tag`` (identical configs)."""
-    flats = [_flat_config(e.config) for e in experiments]
+    configs = [e.config.to_flat() for e in experiments]
+    flats = [_flat_config(c) for c in configs]
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if len({repr(f.get(k)) for f in flats if k in f}) > 1
-               or any(k not in f and e.config.key_in_effect(k) for f, e in zip(flats, experiments))]
+               or any(k not in f and applies(k, c) for f, c in zip(flats, configs))]
     for e, f in zip(experiments, flats):  # None: not set (derived or the profile's default)
         e.extras = tuple(f"{k}={f[k]}" for k in varying if f.get(k) is not None)
     groups: dict[tuple, list[Experiment]] = {}

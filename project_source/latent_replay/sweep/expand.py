@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from .. import launch
-from ..config import ConfigError, ExperimentConfig, applies, flatten
+from ..config import ConfigError, ExperimentConfig, applies, without
 from ..config.sections import SCHEMA1_METHOD_KEYS
 from .schema import Sweep, SweepError
 
@@ -167,7 +167,7 @@ def _check_every_value_used(sweep: Sweep, result: Expansion, accepted: set, reje
 def _comparable(config: ExperimentConfig) -> dict:
     """A config's file form, dotted, without the keys a task changes (the trainer saves the config with
     the task's run only)."""
-    return {k: v for k, v in flatten(config.to_dict()).items() if k != "execution.runs"}
+    return without(config.to_dict(), ("execution.runs",))
 
 
 def check_existing(expansion: Expansion, force: bool) -> list[str]:
