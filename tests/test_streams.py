@@ -48,4 +48,8 @@ def test_digit_streams_give_the_images_of_make_stream(cls, kind):
         assert np.array_equal(train.labels, exp.train_labels) and np.array_equal(test.labels, exp.test_labels)
         assert np.array_equal(stream.inputs(test.ids), exp.test_images)
     assert len(stream.test) == 3 * len(data.test_labels)
+    assert np.array_equal(stream.inputs(stream.test.ids), np.concatenate([e.test_images for e in reference]))
+    mixed = [stream.test_sets[2].ids[5], stream.batches[0].ids[7], stream.batches[1].ids[0]]   # any order
+    assert np.array_equal(stream.inputs(mixed), np.stack([reference[2].test_images[5], reference[0].train_images[7],
+                                                          reference[1].train_images[0]]))
     assert isinstance(stream.batches[0], Experience) and len(stream.batches[0]) == len(data.train_labels)

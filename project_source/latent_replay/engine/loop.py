@@ -3,7 +3,7 @@
 batches and after the last, and an early stop on request (for tests and demos of resume).
 
 A trainer is anything with ``batches_done``, ``rows`` (the metrics rows so far) and
-``train_batch(b) -> row``, and ``save_checkpoint()`` where it checkpoints: the main pipeline's
+``train_batch(b) -> row``, and ``save_checkpoint()`` if it checkpoints: the main pipeline's
 :class:`~latent_replay.engine.run.RunTrainer` and glr-bench's run (:mod:`latent_replay.glr_bench.loop`)."""
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class BatchTrainer(Protocol):
         """Train batch ``b``, evaluate, and return (and append to ``rows``) its metrics row."""
 
     def save_checkpoint(self) -> None:
-        """Save what resuming after the batches done needs (unused with ``checkpoint_every=None``)."""
+        """Save what resuming after the batches done needs (not called with ``checkpoint_every=None``,
+        so a trainer that never checkpoints need not have it)."""
 
 
 def run_batches(trainer: BatchTrainer, n: int, folder: Optional[Path], *, checkpoint_every: Optional[int] = 1,

@@ -167,17 +167,17 @@ class _Run:
                "classes_seen": self.stream.n_classes, "memory_patterns": 0 if self.memory is None else len(self.memory),
                "memory_bytes": 0 if self.memory is None else int(self.memory.nbytes)}
         self.rows.append(row)
+        if self.bar is not None:
+            self.bar.update(1)
         return row
-
-    def save_checkpoint(self) -> None:   # a run of seconds: trained again when interrupted
-        raise NotImplementedError("glr-bench runs are not checkpointed")
 
     def run(self, bar=None, folder: Path | None = None) -> RunResult:
         """Every experience through the engine's batch loop; with ``folder``, an ordinary run folder there
         (``metrics.csv`` after every experience, ``summary.json`` at the end)."""
         T = len(self.stream.batches)
         self.result, self.rows, self.batches_done = RunResult(self.spec, np.zeros((T, T)), self.s.seed), [], 0
-        run_batches(self, T, folder, checkpoint_every=None, bar=_Progress(bar), name=self.spec.name)
+        self.bar = bar   # counts experiences; run_batches' own bar would show each row's accuracy
+        run_batches(self, T, folder, checkpoint_every=None, name=self.spec.name)
         result = self.result
         result.memory_patterns = 0 if self.memory is None else len(self.memory)
         if isinstance(self.memory, GenerativeReplay):
@@ -196,20 +196,6 @@ class _Run:
                 "memory_bytes": max(result.memory_bytes, default=0), "stream": self.stream.name,
                 "device": str(self.device), "torch": torch.__version__, "glr_bench": result.row()})
         return result
-
-
-class _Progress:
-    """glr-bench's bar counts experiences without a per-row postfix (the engine's loop sets one)."""
-
-    def __init__(self, bar):
-        self.bar = bar
-
-    def set_postfix(self, *args, **kwargs) -> None:
-        pass
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
 
 
 def run_one(spec: RunSpec, settings: BenchSettings, stream: DigitStream, device: torch.device | str = "cpu",

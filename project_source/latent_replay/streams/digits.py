@@ -26,16 +26,17 @@ class DigitStream:
         self.data = data
         self.experiences: list[DigitExperience] = make_stream(data, self.kind, n_experiences=n_experiences,
                                                                seed=seed, **options)
-        parts = [e.train_images for e in self.experiences] + [e.test_images for e in self.experiences]
-        self._images = np.concatenate(parts) if parts else np.zeros((0, *data.image_shape), np.uint8)
+        #: Every experience's train images, then every test set: row ``i`` of the stream is row
+        #: ``i - starts[k]`` of ``parts[k]`` (kept as they are, not copied into one array).
+        self._parts = [e.train_images for e in self.experiences] + [e.test_images for e in self.experiences]
+        sizes = [len(p) for p in self._parts]
+        self._starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.input_shape = tuple(data.image_shape)
-        start, self.batches, self.test_sets = 0, [], []
-        for e in self.experiences:
-            self.batches.append(Experience(np.arange(start, start + len(e.train_labels)), e.train_labels))
-            start += len(e.train_labels)
-        for e in self.experiences:
-            self.test_sets.append(Experience(np.arange(start, start + len(e.test_labels)), e.test_labels))
-            start += len(e.test_labels)
+        ranges = [np.arange(a, b) for a, b in zip(self._starts[:-1], self._starts[1:])]
+        labels = [e.train_labels for e in self.experiences] + [e.test_labels for e in self.experiences]
+        experiences = [Experience(ids, y) for ids, y in zip(ranges, labels)]
+        n = len(self.experiences)
+        self.batches, self.test_sets = experiences[:n], experiences[n:]
         #: Every experience's test set together (the per-experience ones are :attr:`test_sets`).
         self.test = Experience(np.concatenate([t.ids for t in self.test_sets]),
                                np.concatenate([t.labels for t in self.test_sets]))
@@ -45,7 +46,13 @@ class DigitStream:
         return f"digits_{self.kind}"
 
     def inputs(self, ids: Sequence[int]) -> np.ndarray:
-        return self._images[np.asarray(ids, dtype=np.int64)]
+        ids = np.asarray(ids, dtype=np.int64)
+        part = np.searchsorted(self._starts, ids, side="right") - 1
+        out = np.empty((len(ids), *self.input_shape), dtype=np.uint8)
+        for k in np.unique(part):
+            here = part == k
+            out[here] = self._parts[k][ids[here] - self._starts[k]]
+        return out
 
 
 @STREAMS.register("digits_permuted", title="permuted digits", aliases=("permuted",), order=1)
